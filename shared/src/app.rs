@@ -1,0 +1,83 @@
+//! Everything a function needs, built once per cold start and shared by every request.
+
+use crate::auth::{Auth, Caller};
+use crate::cache::Cache;
+use crate::config::{Config, ConfigError};
+use crate::error::ApiError;
+use crate::livekit::LiveKit;
+use crate::store::Store;
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub cache: Cache,
+    pub livekit: LiveKit,
+    pub auth: Auth,
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    Create,
+    Join,
+    Invite,
+}
+
+impl App {
+    /// Reads the configuration and builds clients without touching the network: the database
+    /// and Redis connect on first use, so a cold start stays in the low milliseconds.
+    pub async fn from_env() -> Result<App, ConfigError> {
+        let config = Config::from_env()?;
+        if config.secrets_arn.is_some() {
+            return Err(ConfigError::Malformed {
+                name: "SECRETS_ARN",
+                reason: "loading secrets from Secrets Manager is not available in this build"
+                    .into(),
+            });
+        }
+        App::new(config)
+    }
+
+    pub fn new(config: Config) -> Result<App, ConfigError> {
+        let store = Store::connect_lazy(&config.database_url)?;
+        App::with_store(config, store)
+    }
+
+    pub fn with_store(config: Config, store: Store) -> Result<App, ConfigError> {
+        let cache =
+            Cache::new(config.redis_url.as_deref()).map_err(|e| ConfigError::Malformed {
+                name: "REDIS_URL",
+                reason: e.to_string(),
+            })?;
+        Ok(App {
+            livekit: LiveKit::new(&config),
+            auth: Auth::new(&config.auth_jwt_secret),
+            store,
+            cache,
+            config,
+        })
+    }
+
+    /// Counts one request against the acting uid's per-minute limit (0 = off, no Redis = off).
+    pub async fn rate_limit(&self, what: Limited, uid: &str) -> Result<(), ApiError> {
+        let limits = &self.config.rate_limits;
+        let (bucket, per_min) = match what {
+            Limited::Create => ("create", limits.create_per_min),
+            Limited::Join => ("join", limits.join_per_min),
+            Limited::Invite => ("invite", limits.invite_per_min),
+        };
+        if per_min == 0 {
+            return Ok(());
+        }
+        match self.cache.count_in_window(bucket, uid).await {
+            Some((count, retry_after_secs)) if count > u64::from(per_min) => {
+                Err(ApiError::RateLimited { retry_after_secs })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn caller(&self, req: &lambda_http::Request) -> Result<Caller, ApiError> {
+        self.auth.caller(crate::http::header(req, "authorization"))
+    }
+}

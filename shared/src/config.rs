@@ -1,0 +1,271 @@
+//! Configuration, read once per cold start. Development defaults exist only for the
+//! local main job (APP_ENV=local); anywhere else a missing value stops the function at init.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("{0} is required (set it, or run the local main job with APP_ENV=local)")]
+    Missing(&'static str),
+    #[error("{name} is malformed: {reason}")]
+    Malformed { name: &'static str, reason: String },
+}
+
+/// Values that may come from the environment or, later, from a Secrets Manager secret.
+#[derive(Clone, Default, PartialEq)]
+pub struct Secrets {
+    pub database_url: Option<String>,
+    pub redis_url: Option<String>,
+    pub livekit_api_key: Option<String>,
+    pub livekit_api_secret: Option<String>,
+    pub auth_jwt_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct Config {
+    pub local: bool,
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    pub livekit_url: Option<String>,
+    pub livekit_client_url: String,
+    pub livekit_api_key: String,
+    pub livekit_api_secret: String,
+    pub auth_jwt_secret: String,
+    pub ring_timeout: Duration,
+    pub token_ttl: Duration,
+    pub max_participants_limit: i64,
+    pub max_call: Option<Duration>,
+    pub rate_limits: RateLimits,
+    pub secrets_arn: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("local", &self.local)
+            .field("livekit_url", &self.livekit_url)
+            .field("livekit_client_url", &self.livekit_client_url)
+            .field("ring_timeout", &self.ring_timeout)
+            .field("token_ttl", &self.token_ttl)
+            .field("max_participants_limit", &self.max_participants_limit)
+            .field("rate_limits", &self.rate_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Requests per minute per acting uid; 0 switches a limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub create_per_min: u32,
+    pub join_per_min: u32,
+    pub invite_per_min: u32,
+}
+
+pub const LOCAL_DATABASE_URL: &str = "sqlite://.local/call.db?mode=rwc";
+pub const LOCAL_LIVEKIT_URL: &str = "http://localhost:7880";
+pub const LOCAL_LIVEKIT_API_KEY: &str = "devkey";
+pub const LOCAL_LIVEKIT_API_SECRET: &str = "secret-for-local-development-only-0001";
+pub const LOCAL_AUTH_JWT_SECRET: &str = "local-development-auth-secret-do-not-deploy";
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok(), Secrets::default())
+    }
+
+    /// `lookup` reads the environment; `secrets` (from SECRETS_ARN) override it.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+        secrets: Secrets,
+    ) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let local = get("APP_ENV").is_some_and(|v| v == "local");
+        let required = |name: &'static str, secret: Option<String>, dev: &str| {
+            secret
+                .or_else(|| get(name))
+                .or_else(|| local.then(|| dev.to_owned()))
+                .ok_or(ConfigError::Missing(name))
+        };
+        let number = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
+            match get(name) {
+                None => Ok(default),
+                Some(v) => v.trim().parse::<u64>().map_err(|e| ConfigError::Malformed {
+                    name,
+                    reason: format!("{e} (got {v:?})"),
+                }),
+            }
+        };
+        let rate = |name: &'static str, default: u64| -> Result<u32, ConfigError> {
+            u32::try_from(number(name, default)?).map_err(|e| ConfigError::Malformed {
+                name,
+                reason: e.to_string(),
+            })
+        };
+
+        let database_url = required("DATABASE_URL", secrets.database_url, LOCAL_DATABASE_URL)?;
+        check_database_url(&database_url)?;
+        let livekit_url = get("LIVEKIT_URL");
+        let livekit_client_url = get("LIVEKIT_CLIENT_URL")
+            .or_else(|| livekit_url.clone())
+            .or_else(|| local.then(|| LOCAL_LIVEKIT_URL.to_owned()))
+            .ok_or(ConfigError::Missing("LIVEKIT_CLIENT_URL"))?;
+        let max_participants_limit = number("MAX_PARTICIPANTS_LIMIT", 50)?;
+        if !(2..=10_000).contains(&max_participants_limit) {
+            return Err(ConfigError::Malformed {
+                name: "MAX_PARTICIPANTS_LIMIT",
+                reason: "must be between 2 and 10000".into(),
+            });
+        }
+        let ring_timeout = number("RING_TIMEOUT_SECONDS", 60)?;
+        if ring_timeout == 0 {
+            return Err(ConfigError::Malformed {
+                name: "RING_TIMEOUT_SECONDS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let token_ttl = number("LIVEKIT_TOKEN_TTL_SECONDS", 3600)?;
+        if token_ttl == 0 {
+            return Err(ConfigError::Malformed {
+                name: "LIVEKIT_TOKEN_TTL_SECONDS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let max_call = number("MAX_CALL_SECONDS", 0)?;
+
+        Ok(Config {
+            local,
+            database_url,
+            redis_url: secrets.redis_url.or_else(|| get("REDIS_URL")),
+            livekit_url,
+            livekit_client_url,
+            livekit_api_key: required(
+                "LIVEKIT_API_KEY",
+                secrets.livekit_api_key,
+                LOCAL_LIVEKIT_API_KEY,
+            )?,
+            livekit_api_secret: required(
+                "LIVEKIT_API_SECRET",
+                secrets.livekit_api_secret,
+                LOCAL_LIVEKIT_API_SECRET,
+            )?,
+            auth_jwt_secret: required(
+                "AUTH_JWT_SECRET",
+                secrets.auth_jwt_secret,
+                LOCAL_AUTH_JWT_SECRET,
+            )?,
+            ring_timeout: Duration::from_secs(ring_timeout),
+            token_ttl: Duration::from_secs(token_ttl),
+            max_participants_limit: max_participants_limit as i64,
+            max_call: (max_call > 0).then(|| Duration::from_secs(max_call)),
+            rate_limits: RateLimits {
+                create_per_min: rate("RATE_LIMIT_CREATE_PER_MIN", 30)?,
+                join_per_min: rate("RATE_LIMIT_JOIN_PER_MIN", 120)?,
+                invite_per_min: rate("RATE_LIMIT_INVITE_PER_MIN", 60)?,
+            },
+            secrets_arn: get("SECRETS_ARN"),
+        })
+    }
+}
+
+/// The scheme must match the backend this build was compiled for.
+fn check_database_url(url: &str) -> Result<(), ConfigError> {
+    let expected = crate::store::URL_SCHEMES;
+    if expected.iter().any(|scheme| url.starts_with(scheme)) {
+        Ok(())
+    } else {
+        Err(ConfigError::Malformed {
+            name: "DATABASE_URL",
+            reason: format!("this build speaks {}", expected.join(" or ")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned(), Secrets::default())
+    }
+
+    fn production() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DATABASE_URL", crate::store::TEST_URL_EXAMPLE),
+            ("LIVEKIT_URL", "https://lk.internal:7880"),
+            ("LIVEKIT_API_KEY", "key"),
+            ("LIVEKIT_API_SECRET", "secret"),
+            ("AUTH_JWT_SECRET", "jwt"),
+        ]
+    }
+
+    #[test]
+    fn production_refuses_to_start_without_secrets() {
+        let err = config(&[("DATABASE_URL", crate::store::TEST_URL_EXAMPLE)]);
+        assert_eq!(err, Err(ConfigError::Missing("LIVEKIT_CLIENT_URL")));
+        let mut vars = production();
+        vars.retain(|(k, _)| *k != "AUTH_JWT_SECRET");
+        assert_eq!(config(&vars), Err(ConfigError::Missing("AUTH_JWT_SECRET")));
+    }
+
+    #[test]
+    fn local_mode_has_development_defaults() {
+        let cfg = config(&[("APP_ENV", "local")]);
+        // The default database is SQLite, which only the embedded build speaks.
+        if cfg!(feature = "embedded") {
+            let cfg = cfg.expect("local defaults");
+            assert_eq!(cfg.livekit_client_url, LOCAL_LIVEKIT_URL);
+            assert_eq!(cfg.ring_timeout, Duration::from_secs(60));
+        } else {
+            assert!(matches!(
+                cfg,
+                Err(ConfigError::Malformed {
+                    name: "DATABASE_URL",
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn client_url_defaults_to_the_server_url() {
+        let cfg = config(&production()).expect("valid");
+        assert_eq!(cfg.livekit_client_url, "https://lk.internal:7880");
+        assert_eq!(cfg.rate_limits.join_per_min, 120);
+        assert_eq!(cfg.max_call, None);
+    }
+
+    #[test]
+    fn malformed_numbers_name_the_variable() {
+        let mut vars = production();
+        vars.push(("RING_TIMEOUT_SECONDS", "soon"));
+        let err = config(&vars).expect_err("malformed");
+        assert!(err.to_string().contains("RING_TIMEOUT_SECONDS"));
+    }
+
+    #[test]
+    fn secrets_override_the_environment_and_never_print() {
+        let map: HashMap<String, String> = production()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let secrets = Secrets {
+            auth_jwt_secret: Some("from-secret".into()),
+            ..Secrets::default()
+        };
+        let cfg = Config::from_lookup(|k| map.get(k).cloned(), secrets).expect("valid");
+        assert_eq!(cfg.auth_jwt_secret, "from-secret");
+        assert!(!format!("{cfg:?}").contains("from-secret"));
+    }
+}

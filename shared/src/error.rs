@@ -1,0 +1,213 @@
+//! One error type for every request, each variant knowing its HTTP status and stable key.
+
+use serde_json::{Value, json};
+
+use crate::i18n::Lang;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ApiError {
+    #[error("invalid parameters: {0}")]
+    InvalidParameters(String),
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("room already exists")]
+    RoomAlreadyExists,
+    #[error("channel has an active room {room_name}")]
+    ChannelHasActiveRoom { room_name: String },
+    #[error("creator is in another call")]
+    CreatorInAnotherCall,
+    #[error("participants in another call: {busy_uids:?}")]
+    ParticipantInCall { busy_uids: Vec<String> },
+    #[error("room not found")]
+    RoomNotFound,
+    #[error("room is not active")]
+    RoomNotActive,
+    #[error("room is full")]
+    RoomFull,
+    #[error("participant not invited")]
+    ParticipantNotInvited,
+    #[error("participant not found")]
+    ParticipantNotFound,
+    #[error("invalid transition from {from} to {to}")]
+    InvalidTransition { from: i16, to: i16 },
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("rate limited, retry after {retry_after_secs}s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("service unavailable: {0}")]
+    ServiceUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        ApiError::InvalidParameters(detail.into())
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::InvalidParameters(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden | ApiError::ParticipantNotInvited => 403,
+            ApiError::RoomNotFound | ApiError::ParticipantNotFound => 404,
+            ApiError::RoomAlreadyExists
+            | ApiError::ChannelHasActiveRoom { .. }
+            | ApiError::CreatorInAnotherCall
+            | ApiError::ParticipantInCall { .. }
+            | ApiError::RoomNotActive
+            | ApiError::RoomFull
+            | ApiError::InvalidTransition { .. } => 409,
+            ApiError::PayloadTooLarge => 413,
+            ApiError::RateLimited { .. } => 429,
+            ApiError::ServiceUnavailable(_) => 503,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The stable key clients branch on; never changes once published.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ApiError::InvalidParameters(_) => "invalid_parameters",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::RoomAlreadyExists => "room_already_exists",
+            ApiError::ChannelHasActiveRoom { .. } => "channel_has_active_room",
+            ApiError::CreatorInAnotherCall => "creator_in_another_call",
+            ApiError::ParticipantInCall { .. } => "participant_in_call",
+            ApiError::RoomNotFound => "room_not_found",
+            ApiError::RoomNotActive => "room_not_active",
+            ApiError::RoomFull => "room_full",
+            ApiError::ParticipantNotInvited => "participant_not_invited",
+            ApiError::ParticipantNotFound => "participant_not_found",
+            ApiError::InvalidTransition { .. } => "invalid_transition",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::ServiceUnavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// A readable message in the caller's language. Internal details stay in the logs.
+    pub fn message(&self, lang: Lang) -> String {
+        let (zh, en): (&str, &str) = match self {
+            ApiError::InvalidParameters(detail) => {
+                return match lang {
+                    Lang::Zh => format!("参数错误：{detail}"),
+                    Lang::En => format!("Invalid parameters: {detail}"),
+                };
+            }
+            ApiError::Unauthorized => (
+                "未授权，请提供有效的访问令牌",
+                "Unauthorized: a valid bearer token is required",
+            ),
+            ApiError::Forbidden => ("无权执行此操作", "Forbidden: not allowed for this caller"),
+            ApiError::RoomAlreadyExists => ("房间已存在", "Room already exists"),
+            ApiError::ChannelHasActiveRoom { .. } => (
+                "该频道已有进行中的房间",
+                "The channel already has an active room",
+            ),
+            ApiError::CreatorInAnotherCall => {
+                ("创建者正在其他通话中", "The creator is in another call")
+            }
+            ApiError::ParticipantInCall { .. } => (
+                "参与者正在其他通话中",
+                "Some participants are in another call",
+            ),
+            ApiError::RoomNotFound => ("房间不存在", "Room not found"),
+            ApiError::RoomNotActive => ("房间已结束或已取消", "Room has ended or was cancelled"),
+            ApiError::RoomFull => ("房间人数已满", "Room is full"),
+            ApiError::ParticipantNotInvited => (
+                "未被邀请加入该房间",
+                "Participant was not invited to this room",
+            ),
+            ApiError::ParticipantNotFound => ("参与者不存在", "Participant not found"),
+            ApiError::InvalidTransition { .. } => (
+                "当前状态不允许此操作",
+                "This status change is not allowed now",
+            ),
+            ApiError::PayloadTooLarge => ("请求体过大", "Request body is too large"),
+            ApiError::RateLimited { .. } => (
+                "请求过于频繁，请稍后再试",
+                "Too many requests, try again later",
+            ),
+            ApiError::ServiceUnavailable(_) => (
+                "服务暂时不可用，请稍后重试",
+                "Service temporarily unavailable, try again later",
+            ),
+            ApiError::Internal(_) => ("服务器内部错误", "Internal server error"),
+        };
+        match lang {
+            Lang::Zh => zh.to_owned(),
+            Lang::En => en.to_owned(),
+        }
+    }
+
+    /// Extra data some errors carry for the client.
+    pub fn data(&self) -> Option<Value> {
+        match self {
+            ApiError::ChannelHasActiveRoom { room_name } => Some(json!({ "room_name": room_name })),
+            ApiError::ParticipantInCall { busy_uids } => Some(json!({ "busy_uids": busy_uids })),
+            ApiError::InvalidTransition { from, to } => Some(json!({ "from": from, "to": to })),
+            _ => None,
+        }
+    }
+
+    pub fn body(&self, lang: Lang) -> Value {
+        let mut body = json!({
+            "code": self.status(),
+            "msg": self.message(lang),
+            "error": self.key(),
+        });
+        if let Some(data) = self.data() {
+            body["data"] = data;
+        }
+        body
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&err) || crate::store::is_retryable(&err) {
+            ApiError::ServiceUnavailable(err.to_string())
+        } else {
+            ApiError::Internal(err.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_participants_are_named_in_data() {
+        let err = ApiError::ParticipantInCall {
+            busy_uids: vec!["bob".into()],
+        };
+        let body = err.body(Lang::En);
+        assert_eq!(body["code"], 409);
+        assert_eq!(body["error"], "participant_in_call");
+        assert_eq!(body["data"]["busy_uids"][0], "bob");
+    }
+
+    #[test]
+    fn messages_follow_the_language() {
+        assert_eq!(ApiError::RoomNotFound.message(Lang::Zh), "房间不存在");
+        assert_eq!(ApiError::RoomNotFound.message(Lang::En), "Room not found");
+        assert!(
+            ApiError::invalid("limit")
+                .message(Lang::En)
+                .contains("limit")
+        );
+    }
+
+    #[test]
+    fn internal_details_never_reach_the_message() {
+        let err = ApiError::ServiceUnavailable("pool timed out at 10.0.0.1".into());
+        assert!(!err.message(Lang::En).contains("10.0.0.1"));
+        assert_eq!(err.status(), 503);
+    }
+}

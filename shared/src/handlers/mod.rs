@@ -1,0 +1,23 @@
+//! One async function per endpoint. Each reads like the contract: who is calling, what they
+//! sent, what the store did, what goes back.
+
+mod health;
+mod participants;
+mod rooms;
+
+pub use health::health;
+pub use participants::{
+    invite_participants, join_room, leave_room, list_participants, update_participant_status,
+};
+pub use rooms::{create_room, end_room, get_room, list_rooms, update_room_status};
+
+/// Route patterns, as API Gateway and the local router know them.
+pub mod routes {
+    pub const ROOMS: &str = "/api/rooms";
+    pub const ROOM: &str = "/api/rooms/{room_name}";
+    pub const ROOM_STATUS: &str = "/api/rooms/{room_name}/status";
+    pub const ROOM_END: &str = "/api/rooms/{room_name}/end";
+    pub const ROOM_PARTICIPANTS: &str = "/api/rooms/{room_name}/participants";
+    pub const ROOM_INVITE: &str = "/api/rooms/{room_name}/invite";
+    pub const PARTICIPANT_STATUS: &str = "/api/rooms/{room_name}/participants/{uid}/status";
+}

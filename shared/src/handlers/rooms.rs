@@ -1,0 +1,249 @@
+use lambda_http::{Body, Error, Request, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::app::{App, Limited};
+use crate::cache::CachedRoom;
+use crate::error::ApiError;
+use crate::handlers::routes;
+use crate::http::{msg, note, ok, parse_json, path_param, query_param, respond};
+use crate::model::{Now, Room, RoomStatus};
+use crate::rules;
+use crate::store::{NewRoom, RoomFilter};
+use crate::validate;
+
+#[derive(Debug, Deserialize)]
+struct CreateRoom {
+    #[serde(default)]
+    source_channel_id: Option<String>,
+    #[serde(default)]
+    source_channel_type: Option<i64>,
+    creator: String,
+    #[serde(default)]
+    room_name: Option<String>,
+    #[serde(default)]
+    call_type: Option<i64>,
+    #[serde(default)]
+    invite_on: Option<i64>,
+    #[serde(default)]
+    max_participants: Option<i64>,
+    #[serde(default)]
+    uids: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Created<'a> {
+    id: i64,
+    room_name: &'a str,
+    token: String,
+    livekit_url: &'a str,
+    status: RoomStatus,
+    #[serde(with = "crate::model::rfc3339")]
+    created_at: chrono::NaiveDateTime,
+    max_participants: i32,
+    participants: &'a [crate::model::Participant],
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusBody {
+    status: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct RoomList {
+    rooms: Vec<Room>,
+    total: i64,
+}
+
+/// POST /api/rooms
+pub async fn create_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("create-room", &req, async {
+        let caller = app.caller(&req)?;
+        let body: CreateRoom = parse_json(&req)?;
+        let new = new_room(app, &body)?;
+        note(&new.room_name, Some(&new.creator));
+        caller.may_act_as(&new.creator)?;
+        let uids = body.uids.unwrap_or_default();
+        validate::names("uids", &uids)?;
+        if uids.len() > validate::LIMIT_MAX as usize {
+            return Err(ApiError::invalid("uids may name at most 100 people"));
+        }
+        app.rate_limit(Limited::Create, caller.acting_uid(&new.creator))
+            .await?;
+        let invitees = rules::invitees(&new.creator, &uids);
+        let state = app
+            .store
+            .create_room(&new, &invitees, Now::current())
+            .await?;
+        let token = app.livekit.token(&state.room, &new.creator)?;
+        ok(
+            msg::ROOM_CREATED,
+            Created {
+                id: state.room.id,
+                room_name: &state.room.room_name,
+                token,
+                livekit_url: &app.livekit.client_url,
+                status: state.room.status,
+                created_at: state.room.created_at,
+                max_participants: state.room.max_participants,
+                participants: &state.rows,
+            },
+        )
+    })
+    .await
+}
+
+fn new_room(app: &App, body: &CreateRoom) -> Result<NewRoom, ApiError> {
+    validate::name("creator", &body.creator)?;
+    let room_name = match &body.room_name {
+        Some(name) => {
+            validate::name("room_name", name)?;
+            name.clone()
+        }
+        None => generated_room_name()?,
+    };
+    let source_channel_id = body.source_channel_id.clone().unwrap_or_default();
+    validate::source_channel_id(&source_channel_id)?;
+    let source_channel_type = validate::in_range(
+        "source_channel_type",
+        body.source_channel_type.unwrap_or(0),
+        0,
+        255,
+    )?;
+    let call_type = validate::in_range("call_type", body.call_type.unwrap_or(1), 0, 1)?;
+    let invite_on = validate::in_range("invite_on", body.invite_on.unwrap_or(0), 0, 1)?;
+    let max_participants =
+        validate::max_participants(body.max_participants, app.config.max_participants_limit)?;
+    Ok(NewRoom {
+        source_channel_id,
+        source_channel_type: source_channel_type as i16,
+        creator: body.creator.clone(),
+        room_name,
+        call_type: call_type as i16,
+        invite_on: invite_on as i16,
+        max_participants,
+    })
+}
+
+/// `room_` and 16 random hex digits: unguessable, and within the 40-character rule.
+fn generated_room_name() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::Internal(format!("random: {e}")))?;
+    Ok(bytes.iter().fold(String::from("room_"), |mut name, b| {
+        name.push_str(&format!("{b:02x}"));
+        name
+    }))
+}
+
+/// GET /api/rooms/{room_name}: from the cache when it has the room, else one query.
+pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("get-room", &req, async {
+        let caller = app.caller(&req)?;
+        let room_name = path_param(&req, routes::ROOM, "room_name")?;
+        note(&room_name, caller.uid());
+        let cached = match app.cache.get_room(&room_name).await {
+            Some(cached) => cached,
+            None => {
+                let state = app
+                    .store
+                    .load(&room_name)
+                    .await?
+                    .ok_or(ApiError::RoomNotFound)?;
+                let cached = CachedRoom {
+                    members: state.rows.iter().map(|p| p.uid.clone()).collect(),
+                    room: state.room,
+                };
+                app.cache.put_room(&cached).await;
+                cached
+            }
+        };
+        caller.may_read(&cached.room.creator, &cached.members)?;
+        ok(msg::ROOM_FETCHED, cached.room)
+    })
+    .await
+}
+
+/// GET /api/rooms?limit=&offset=&status=&creator=&uid=&source_channel_id=
+pub async fn list_rooms(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("list-rooms", &req, async {
+        let caller = app.caller(&req)?;
+        let page = validate::page(
+            query_param(&req, "limit").as_deref(),
+            query_param(&req, "offset").as_deref(),
+        )?;
+        let mut filter = RoomFilter {
+            status: match query_param(&req, "status") {
+                Some(text) => Some(
+                    RoomStatus::from_code(validate::integer("status", &text)?)
+                        .ok_or_else(|| ApiError::invalid("status must be 0, 1, 2 or 3"))?,
+                ),
+                None => None,
+            },
+            creator: checked_name(query_param(&req, "creator"), "creator")?,
+            uid: checked_name(query_param(&req, "uid"), "uid")?,
+            source_channel_id: query_param(&req, "source_channel_id"),
+        };
+        if let Some(channel) = &filter.source_channel_id {
+            validate::source_channel_id(channel)?;
+        }
+        // A user sees only their own call history.
+        if let Some(me) = caller.uid() {
+            filter.uid = Some(me.to_owned());
+        }
+        let (rooms, total) = app
+            .store
+            .list_rooms(&filter, page.limit, page.offset)
+            .await?;
+        ok(msg::ROOMS_LISTED, RoomList { rooms, total })
+    })
+    .await
+}
+
+fn checked_name(value: Option<String>, field: &str) -> Result<Option<String>, ApiError> {
+    if let Some(v) = &value {
+        validate::name(field, v)?;
+    }
+    Ok(value)
+}
+
+/// PUT /api/rooms/{room_name}/status
+pub async fn update_room_status(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("update-room-status", &req, async {
+        let caller = app.caller(&req)?;
+        let room_name = path_param(&req, routes::ROOM_STATUS, "room_name")?;
+        note(&room_name, caller.uid());
+        let body: StatusBody = parse_json(&req)?;
+        let status = RoomStatus::from_code(body.status)
+            .ok_or_else(|| ApiError::invalid("status must be 0, 1, 2 or 3"))?;
+        let result = app
+            .store
+            .set_room_status(&room_name, status, Now::current(), |state| {
+                caller.may_manage(&state.room.creator)
+            })
+            .await?;
+        if result.changed {
+            app.cache.forget_room(&room_name).await;
+        }
+        ok(msg::ROOM_STATUS_UPDATED, result.room)
+    })
+    .await
+}
+
+/// POST /api/rooms/{room_name}/end
+pub async fn end_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("end-room", &req, async {
+        let caller = app.caller(&req)?;
+        let room_name = path_param(&req, routes::ROOM_END, "room_name")?;
+        note(&room_name, caller.uid());
+        let result = app
+            .store
+            .end_room(&room_name, Now::current(), |state| {
+                caller.may_manage(&state.room.creator)
+            })
+            .await?;
+        if result.changed {
+            app.cache.forget_room(&room_name).await;
+        }
+        ok(msg::ROOM_ENDED, result.room)
+    })
+    .await
+}

@@ -1,0 +1,219 @@
+//! Request parsing and the response envelope. `respond` is the one place that turns an
+//! `ApiError` into status, envelope, error key and a log line.
+
+use std::future::Future;
+use std::time::Instant;
+
+use lambda_http::{Body, Error, Request, RequestExt, Response};
+use percent_encoding::percent_decode_str;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::i18n::Lang;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A success: the message in both languages and the data.
+pub struct Success {
+    msg: (&'static str, &'static str),
+    data: Value,
+    status: u16,
+}
+
+/// Success messages; the seed's where it gives one.
+pub mod msg {
+    pub type Pair = (&'static str, &'static str);
+    pub const ROOM_CREATED: Pair = ("房间创建成功", "Room created");
+    pub const ROOM_FETCHED: Pair = ("获取房间信息成功", "Room fetched");
+    pub const ROOMS_LISTED: Pair = ("获取房间列表成功", "Rooms listed");
+    pub const ROOM_STATUS_UPDATED: Pair = ("更新房间状态成功", "Room status updated");
+    pub const ROOM_ENDED: Pair = ("结束房间成功", "Room ended");
+    pub const JOINED: Pair = ("加入房间成功", "Joined room");
+    pub const LEFT: Pair = ("离开房间成功", "Left room");
+    pub const PARTICIPANTS_LISTED: Pair = ("获取参与者列表成功", "Participants listed");
+    pub const INVITED: Pair = ("邀请参与者成功", "Participants invited");
+    pub const PARTICIPANT_STATUS_UPDATED: Pair =
+        ("更新参与者状态成功", "Participant status updated");
+}
+
+pub fn ok(msg: msg::Pair, data: impl Serialize) -> Result<Success, ApiError> {
+    let data = serde_json::to_value(data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Success {
+        msg,
+        data,
+        status: 200,
+    })
+}
+
+/// A bare JSON body (health has no envelope in the seed).
+pub fn raw(status: u16, data: Value) -> Success {
+    Success {
+        msg: ("", ""),
+        data,
+        status,
+    }
+}
+
+/// Runs a handler body inside a span with the function's name, then shapes and logs the reply.
+pub async fn respond<F>(
+    function: &'static str,
+    req: &Request,
+    work: F,
+) -> Result<Response<Body>, Error>
+where
+    F: Future<Output = Result<Success, ApiError>>,
+{
+    let lang = Lang::from_accept_language(header(req, "accept-language"));
+    let started = Instant::now();
+    let request_id = req
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        function,
+        request_id,
+        room_name = tracing::field::Empty,
+        uid = tracing::field::Empty,
+    );
+    let outcome = work.instrument(span.clone()).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let _entered = span.enter();
+    let (status, body, retry_after) = match outcome {
+        Ok(success) if success.msg.0.is_empty() => (success.status, success.data, None),
+        Ok(success) => {
+            let msg = match lang {
+                Lang::Zh => success.msg.0,
+                Lang::En => success.msg.1,
+            };
+            tracing::info!(status = success.status, elapsed_ms, "ok");
+            (
+                success.status,
+                json!({ "code": 0, "msg": msg, "data": success.data }),
+                None,
+            )
+        }
+        Err(err) => {
+            let status = err.status();
+            if status >= 500 {
+                tracing::error!(status, key = err.key(), error = %err, elapsed_ms, "failed");
+            } else {
+                tracing::warn!(status, key = err.key(), elapsed_ms, "refused");
+            }
+            let retry = match &err {
+                ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+                _ => None,
+            };
+            (status, err.body(lang), retry)
+        }
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=utf-8");
+    if let Some(secs) = retry_after {
+        response = response.header("retry-after", secs.to_string());
+    }
+    Ok(response.body(Body::Text(body.to_string()))?)
+}
+
+/// Notes the room and uid a request concerns on its log span.
+pub fn note(room_name: &str, uid: Option<&str>) {
+    let span = tracing::Span::current();
+    span.record("room_name", room_name);
+    if let Some(uid) = uid {
+        span.record("uid", uid);
+    }
+}
+
+pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The body as JSON, whatever Content-Type says. Too large: 413; malformed or mistyped: 400.
+pub fn parse_json<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid("a JSON body is required"));
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("body: {e}")))
+}
+
+/// A path parameter: from API Gateway's pathParameters when present, else from the raw path
+/// matched against the route `pattern` (e.g. `/api/rooms/{room_name}/status`).
+pub fn path_param(req: &Request, pattern: &str, name: &str) -> Result<String, ApiError> {
+    let value = match req.path_parameters_ref().and_then(|p| p.first(name)) {
+        Some(v) => v.to_owned(),
+        None => from_raw_path(req.uri().path(), pattern, name)
+            .ok_or_else(|| ApiError::invalid(format!("{name} is missing from the path")))?,
+    };
+    crate::validate::name(name, &value)?;
+    Ok(value)
+}
+
+/// Matches the last segments of `path` (a stage prefix may come first) against `pattern`.
+fn from_raw_path(path: &str, pattern: &str, name: &str) -> Option<String> {
+    let want: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+    let have: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let tail = have.get(have.len().checked_sub(want.len())?..)?;
+    let mut found = None;
+    for (w, h) in want.iter().zip(tail) {
+        match w.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
+            Some(param) if param == name => {
+                found = Some(percent_decode_str(h).decode_utf8().ok()?.into_owned())
+            }
+            Some(_) => {}
+            None if w == h => {}
+            None => return None,
+        }
+    }
+    found
+}
+
+/// A query-string parameter, from API Gateway's map or the URI.
+pub fn query_param(req: &Request, name: &str) -> Option<String> {
+    if let Some(v) = req
+        .query_string_parameters_ref()
+        .and_then(|q| q.first(name))
+    {
+        return Some(v.to_owned());
+    }
+    req.uri().query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode_str(k).decode_utf8().ok()?;
+        (k == name).then(|| {
+            let v = v.replace('+', " ");
+            percent_decode_str(&v).decode_utf8_lossy().into_owned()
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PATTERN: &str = "/api/rooms/{room_name}/participants/{uid}/status";
+
+    #[test]
+    fn raw_paths_yield_decoded_parameters() {
+        let path = "/api/rooms/meeting%20x/participants/%E5%BC%A0%E4%B8%89/status";
+        assert_eq!(from_raw_path(path, PATTERN, "uid").as_deref(), Some("张三"));
+        assert_eq!(
+            from_raw_path(path, PATTERN, "room_name").as_deref(),
+            Some("meeting x")
+        );
+    }
+
+    #[test]
+    fn a_stage_prefix_is_ignored_and_other_routes_do_not_match() {
+        let path = "/prod/api/rooms/r1/participants/u1/status";
+        assert_eq!(from_raw_path(path, PATTERN, "uid").as_deref(), Some("u1"));
+        assert_eq!(from_raw_path("/api/rooms/r1/invite", PATTERN, "uid"), None);
+        assert_eq!(from_raw_path("/status", PATTERN, "uid"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! The call-room service: everything the Lambda functions share.
+
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod i18n;
+pub mod livekit;
+pub mod model;
+pub mod rules;
+pub mod store;
+pub mod telemetry;
+pub mod validate;
+
+pub use app::App;
+pub use error::ApiError;

@@ -1,0 +1,138 @@
+//! Input rules shared by every endpoint: names, ranges and pagination.
+
+use crate::error::ApiError;
+
+pub const NAME_MAX_CHARS: usize = 40;
+pub const SOURCE_CHANNEL_ID_MAX_CHARS: usize = 100;
+pub const LIMIT_MAX: i64 = 100;
+pub const LIMIT_DEFAULT: i64 = 10;
+
+/// room_name and uid: 1–40 characters, no whitespace, no control characters, no `/`.
+pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
+    let chars = value.chars().count();
+    if chars == 0 || chars > NAME_MAX_CHARS {
+        return Err(ApiError::invalid(format!(
+            "{field} must be 1-{NAME_MAX_CHARS} characters"
+        )));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err(ApiError::invalid(format!(
+            "{field} must not contain whitespace, control characters or '/'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn names(field: &str, values: &[String]) -> Result<(), ApiError> {
+    values.iter().try_for_each(|v| name(field, v))
+}
+
+pub fn source_channel_id(value: &str) -> Result<(), ApiError> {
+    if value.chars().count() > SOURCE_CHANNEL_ID_MAX_CHARS {
+        return Err(ApiError::invalid(format!(
+            "source_channel_id must be at most {SOURCE_CHANNEL_ID_MAX_CHARS} characters"
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "source_channel_id must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub fn in_range(field: &str, value: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(format!(
+            "{field} must be between {min} and {max}"
+        )))
+    }
+}
+
+/// max_participants: absent or 0 means 2, as in the original service.
+pub fn max_participants(value: Option<i64>, limit: i64) -> Result<i32, ApiError> {
+    match value.unwrap_or(0) {
+        0 => Ok(2),
+        n => in_range("max_participants", n, 2, limit).map(|n| n as i32),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+pub fn page(limit: Option<&str>, offset: Option<&str>) -> Result<Page, ApiError> {
+    let limit = match limit {
+        None => LIMIT_DEFAULT,
+        Some(text) => in_range("limit", integer("limit", text)?, 1, LIMIT_MAX)?,
+    };
+    let offset = match offset {
+        None => 0,
+        Some(text) => in_range("offset", integer("offset", text)?, 0, i64::from(i32::MAX))?,
+    };
+    Ok(Page { limit, offset })
+}
+
+pub fn integer(field: &str, text: &str) -> Result<i64, ApiError> {
+    text.trim()
+        .parse::<i64>()
+        .map_err(|_| ApiError::invalid(format!("{field} must be an integer")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_input_rules() {
+        assert!(name("uid", "user_001").is_ok());
+        assert!(name("uid", "张三").is_ok());
+        assert!(name("uid", &"x".repeat(40)).is_ok());
+        assert!(name("uid", &"字".repeat(40)).is_ok());
+        assert!(name("uid", &"x".repeat(41)).is_err());
+        assert!(name("uid", "").is_err());
+        assert!(name("uid", "a b").is_err());
+        assert!(name("uid", "a/b").is_err());
+        assert!(name("uid", "a\u{0}b").is_err());
+        assert!(name("room_name", "tab\there").is_err());
+    }
+
+    #[test]
+    fn pages_default_and_reject_out_of_range_values() {
+        assert_eq!(
+            page(None, None),
+            Ok(Page {
+                limit: 10,
+                offset: 0
+            })
+        );
+        assert_eq!(
+            page(Some("100"), Some("5")),
+            Ok(Page {
+                limit: 100,
+                offset: 5
+            })
+        );
+        assert!(page(Some("-1"), None).is_err());
+        assert!(page(Some("0"), None).is_err());
+        assert!(page(Some("101"), None).is_err());
+        assert!(page(None, Some("-3")).is_err());
+        assert!(page(Some("ten"), None).is_err());
+    }
+
+    #[test]
+    fn max_participants_defaults_to_two() {
+        assert_eq!(max_participants(None, 50), Ok(2));
+        assert_eq!(max_participants(Some(0), 50), Ok(2));
+        assert_eq!(max_participants(Some(50), 50), Ok(50));
+        assert!(max_participants(Some(1), 50).is_err());
+        assert!(max_participants(Some(51), 50).is_err());
+    }
+}
