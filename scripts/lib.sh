@@ -1,0 +1,17 @@
+# Shared by the scripts: a project-local Python venv with pinned tools, nothing global.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+ensure_venv() {
+    local stamp="$VENV/.requirements"
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    if ! cmp -s "$ROOT/requirements-dev.txt" "$stamp"; then
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ROOT/requirements-dev.txt"
+        cp "$ROOT/requirements-dev.txt" "$stamp"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

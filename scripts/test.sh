@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Every check and test: formatting, lints (both backends), unit, store, cache and handler
+# tests on the real MariaDB and Redis (and again on the embedded SQLite backend), then the
+# end-to-end run of the local main job over HTTP with the LiveKit token cross-check.
+# Starts MariaDB and Redis when they are not running; a service that cannot be reached fails.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+export DATABASE_URL="${TEST_DATABASE_URL:-mysql://root@127.0.0.1:3306/test}"
+export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+export RUST_BACKTRACE=0
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {
+    local name=$1 port=$2
+    for _ in $(seq 1 60); do
+        port_open "$port" && return 0
+        sleep 0.5
+    done
+    echo "FAIL: $name is not reachable on 127.0.0.1:$port" >&2
+    exit 1
+}
+
+ensure_services() {
+    if ! port_open 3306; then
+        log "starting MariaDB"
+        start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+    fi
+    wait_for MariaDB 3306
+    if ! port_open 6379; then
+        log "starting Redis"
+        redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+            --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+    fi
+    wait_for Redis 6379
+}
+
+ensure_services
+log "python tools (.venv)"
+ensure_venv
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy (MySQL build, then embedded SQLite build)"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features call-shared/embedded -- -D warnings
+
+log "cargo test on MariaDB and Redis"
+cargo test --workspace
+log "cargo test on the embedded SQLite backend"
+cargo test -p call-shared --features embedded
+
+log "end-to-end: the local main job over HTTP"
+python -m pytest tests/e2e -q
