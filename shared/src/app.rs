@@ -44,6 +44,8 @@ impl App {
     }
 
     pub fn with_store(config: Config, store: Store) -> Result<App, ConfigError> {
+        crate::livekit::install_tls_provider();
+        let store = store.with_teardown(config.livekit_url.is_some());
         let cache =
             Cache::new(config.redis_url.as_deref()).map_err(|e| ConfigError::Malformed {
                 name: "REDIS_URL",
@@ -74,6 +76,35 @@ impl App {
                 Err(ApiError::RateLimited { retry_after_secs })
             }
             _ => Ok(()),
+        }
+    }
+
+    /// After a commit that touched a room: drop its cached copy and, when the change made the
+    /// room final, ask LiveKit to delete it. A LiveKit failure is logged and left to the
+    /// sweeper; it never undoes or delays the state change beyond the call's timeout.
+    pub async fn after_change(&self, room_name: &str, changed: bool, finalised: bool) {
+        if changed {
+            self.cache.forget_room(room_name).await;
+        }
+        if finalised {
+            self.tear_down(room_name).await;
+        }
+    }
+
+    /// DeleteRoom for a final room, then forget its pending teardown.
+    pub async fn tear_down(&self, room_name: &str) {
+        match self.livekit.delete_room(room_name).await {
+            Ok(true) => {
+                if let Err(err) = self.store.teardown_done(room_name).await {
+                    tracing::warn!(room_name, error = %err, "teardown done but not recorded; it will repeat");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(
+                room_name,
+                error,
+                "livekit DeleteRoom failed; the sweeper retries"
+            ),
         }
     }
 

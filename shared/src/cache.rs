@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::Room;
 
 const ROOM_TTL_SECS: u64 = 30;
+const WEBHOOK_TTL_SECS: u64 = 24 * 3600;
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failure, leave Redis alone for a while rather than pay a timeout per request.
 const BACKOFF: Duration = Duration::from_secs(5);
@@ -90,6 +91,26 @@ impl Cache {
     pub async fn forget_room(&self, room_name: &str) {
         self.run("forget room", |mut c| async move {
             c.del::<_, ()>(Self::key(room_name)).await
+        })
+        .await;
+    }
+
+    /// Whether this webhook event id was processed (only what Redis remembers; the database
+    /// has the final word inside the event's transaction).
+    pub async fn webhook_seen(&self, event_id: &str) -> bool {
+        let key = format!("{KEY_PREFIX}webhook:{event_id}");
+        self.run("webhook seen", |mut c| async move {
+            c.exists::<_, bool>(key).await
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Called only after the event's effect committed.
+    pub async fn remember_webhook(&self, event_id: &str) {
+        let key = format!("{KEY_PREFIX}webhook:{event_id}");
+        self.run("remember webhook", |mut c| async move {
+            c.set_ex::<_, _, ()>(key, 1, WEBHOOK_TTL_SECS).await
         })
         .await;
     }

@@ -12,6 +12,7 @@ pub mod livekit;
 pub mod model;
 pub mod rules;
 pub mod store;
+pub mod sweeper;
 pub mod telemetry;
 pub mod validate;
 

@@ -337,6 +337,76 @@ pub fn settle(state: &mut CallState, now: Now) {
     }
 }
 
+/// An event from LiveKit is stale when it happened before the second of the last change.
+pub fn is_stale(last_change: chrono::NaiveDateTime, event_secs: i64) -> bool {
+    event_secs < last_change.and_utc().timestamp()
+}
+
+/// participant_joined: presence is a fact, not a request. No invite or capacity checks
+/// (the API enforced those when it issued the token); the room must not be final (the store
+/// asks LiveKit to delete a final room instead), and stale events change nothing.
+pub fn presence_joined(state: &mut CallState, uid: &str, event_secs: i64, now: Now) -> bool {
+    let Some(i) = state.row_index(uid) else {
+        return false;
+    };
+    let row = &state.rows[i];
+    if state.room.status.is_final()
+        || row.status == P::Joined
+        || is_stale(row.updated_at, event_secs)
+    {
+        return false;
+    }
+    state.set_row(i, P::Joined, now);
+    state.rows[i].join_time = event_secs.saturating_mul(1000);
+    if uid != state.room.creator && state.room.status == R::NotStarted {
+        state.set_room(R::InProgress, now);
+    }
+    settle(state, now);
+    true
+}
+
+/// participant_left: as leave, for a joined row and a fresh event; anything else is ignored.
+pub fn presence_left(state: &mut CallState, uid: &str, event_secs: i64, now: Now) -> bool {
+    let Some(i) = state.row_index(uid) else {
+        return false;
+    };
+    let row = &state.rows[i];
+    if row.status != P::Joined || is_stale(row.updated_at, event_secs) {
+        return false;
+    }
+    state.set_row(i, P::HungUp, now);
+    settle(state, now);
+    true
+}
+
+/// LiveKit saw `uid` join another room: its live row here closes (ringing → busy,
+/// joined → hung up) and this room settles.
+pub fn close_elsewhere(state: &mut CallState, uid: &str, now: Now) -> bool {
+    let Some(i) = state.row_index(uid) else {
+        return false;
+    };
+    let to = match state.rows[i].status {
+        P::Ringing => P::Busy,
+        P::Joined => P::HungUp,
+        _ => return false,
+    };
+    state.set_row(i, to, now);
+    settle(state, now);
+    true
+}
+
+/// The sweeper: rows ringing since before `cutoff` ring out (4), then the room settles, which
+/// also closes a room at 0 that nobody can answer any more.
+pub fn ring_out(state: &mut CallState, cutoff: chrono::NaiveDateTime, now: Now) -> bool {
+    for i in 0..state.rows.len() {
+        if state.rows[i].status == P::Ringing && state.rows[i].updated_at < cutoff {
+            state.set_row(i, P::Missed, now);
+        }
+    }
+    settle(state, now);
+    state.is_changed()
+}
+
 /// Move a room to a final status: nobody stays live in it.
 fn finish(state: &mut CallState, room_status: R, ringing_to: P, now: Now) {
     state.move_all(P::Ringing, ringing_to, now);

@@ -47,6 +47,9 @@ mod backend {
             .connect_lazy_with(options))
     }
 
+    pub const INSERT_TEARDOWN: &str =
+        "INSERT IGNORE INTO livekit_teardown (room_name, attempts, created_at) VALUES (?, 0, ?)";
+
     pub fn last_insert_id(result: &sqlx::mysql::MySqlQueryResult) -> i64 {
         result.last_insert_id() as i64
     }
@@ -98,6 +101,9 @@ mod backend {
             .acquire_timeout(super::ACQUIRE_TIMEOUT)
             .connect_lazy_with(options))
     }
+
+    pub const INSERT_TEARDOWN: &str =
+        "INSERT OR IGNORE INTO livekit_teardown (room_name, attempts, created_at) VALUES (?, 0, ?)";
 
     pub fn last_insert_id(result: &sqlx::sqlite::SqliteQueryResult) -> i64 {
         result.last_insert_rowid()
@@ -268,6 +274,8 @@ pub struct RoomResult {
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
+    /// Whether final rooms are queued for a LiveKit DeleteRoom (only when LiveKit is configured).
+    teardown: bool,
 }
 
 const ROOM_COLUMNS: &str = "r.id, r.source_channel_id, r.source_channel_type, r.creator, \
@@ -298,11 +306,19 @@ impl Store {
             name: "DATABASE_URL",
             reason: e.to_string(),
         })?;
-        Ok(Store { pool })
+        Ok(Store::from_pool(pool))
     }
 
     pub fn from_pool(pool: DbPool) -> Self {
-        Store { pool }
+        Store {
+            pool,
+            teardown: false,
+        }
+    }
+
+    pub fn with_teardown(mut self, enabled: bool) -> Self {
+        self.teardown = enabled;
+        self
     }
 
     pub fn pool(&self) -> &DbPool {
@@ -444,32 +460,24 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<ActionResult, ApiError> {
-        retrying(|| async {
-            let (mut tx, mut state) = self.lock(room_name).await?;
-            guard(&state)?;
-            let was_final = state.room.status.is_final();
-            let applied = rules::apply_action(&mut state, uid, action, now)?;
-            if applied.changed {
-                match write_back(&mut tx, &mut state).await {
-                    // The uid rings or talks in another call; the database said so.
-                    Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
-                        return Err(ApiError::ParticipantInCall {
-                            busy_uids: vec![uid.to_owned()],
-                        }
-                        .into());
-                    }
-                    other => other?,
-                }
-                tx.commit().await?;
-            }
-            Ok(ActionResult {
-                finalised: !was_final && state.room.status.is_final(),
-                participant: state.rows[applied.row].clone(),
-                room: state.room,
-                changed: applied.changed,
+        let change = Change {
+            room_name,
+            check_busy: &[],
+            live_conflict: Some(uid),
+            teardown: true,
+        };
+        let (state, applied, finalised) = self
+            .change_call(change, |state, _| {
+                guard(state)?;
+                rules::apply_action(state, uid, action, now)
             })
+            .await?;
+        Ok(ActionResult {
+            participant: state.rows[applied.row].clone(),
+            room: state.room,
+            changed: applied.changed,
+            finalised,
         })
-        .await
     }
 
     /// Ring each uid again; uids live in another call are recorded as busy.
@@ -480,19 +488,20 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<(Room, Vec<Participant>, bool), ApiError> {
-        retrying(|| async {
-            let (mut tx, mut state) = self.lock(room_name).await?;
-            guard(&state)?;
-            let was_final = state.room.status.is_final();
-            let busy = live_uids(&mut tx, uids, Some(room_name)).await?;
-            let concerned = rules::invite(&mut state, uids, &busy, now)?;
-            write_back(&mut tx, &mut state).await?;
-            tx.commit().await?;
-            let rows = concerned.iter().map(|i| state.rows[*i].clone()).collect();
-            let finalised = !was_final && state.room.status.is_final();
-            Ok((state.room, rows, finalised))
-        })
-        .await
+        let change = Change {
+            room_name,
+            check_busy: uids,
+            live_conflict: None,
+            teardown: true,
+        };
+        let (state, concerned, finalised) = self
+            .change_call(change, |state, busy| {
+                guard(state)?;
+                rules::invite(state, uids, busy, now)
+            })
+            .await?;
+        let rows = concerned.iter().map(|i| state.rows[*i].clone()).collect();
+        Ok((state.room, rows, finalised))
     }
 
     pub async fn end_room(
@@ -527,19 +536,52 @@ impl Store {
         room_name: &str,
         change: impl Fn(&mut CallState) -> Result<bool, ApiError>,
     ) -> Result<RoomResult, ApiError> {
+        let spec = Change {
+            room_name,
+            check_busy: &[],
+            live_conflict: None,
+            teardown: true,
+        };
+        let (state, changed, finalised) = self.change_call(spec, |state, _| change(state)).await?;
+        Ok(RoomResult {
+            room: state.room,
+            changed,
+            finalised,
+        })
+    }
+
+    /// The one shape of every call transaction: lock the room and its rows, let a rule change
+    /// them in memory, write back what changed, commit; retried on deadlocks and races.
+    /// Returns the state after the change, the rule's answer and whether the room became final.
+    async fn change_call<T>(
+        &self,
+        spec: Change<'_>,
+        rule: impl Fn(&mut CallState, &HashSet<String>) -> Result<T, ApiError>,
+    ) -> Result<(CallState, T, bool), ApiError> {
         retrying(|| async {
-            let (mut tx, mut state) = self.lock(room_name).await?;
+            let (mut tx, mut state) = self.lock(spec.room_name).await?;
+            let busy = live_uids(&mut tx, spec.check_busy, Some(spec.room_name)).await?;
             let was_final = state.room.status.is_final();
-            let changed = change(&mut state)?;
-            if changed {
-                write_back(&mut tx, &mut state).await?;
+            let answer = rule(&mut state, &busy)?;
+            let finalised = !was_final && state.room.status.is_final();
+            if state.is_changed() {
+                match write_back(&mut tx, &mut state).await {
+                    // The uid rings or talks in another call; the database said so.
+                    Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
+                        if let Some(uid) = spec.live_conflict {
+                            let busy_uids = vec![uid.to_owned()];
+                            return Err(ApiError::ParticipantInCall { busy_uids }.into());
+                        }
+                        return Err(err.into());
+                    }
+                    other => other?,
+                }
+                if finalised && spec.teardown && self.teardown {
+                    queue_teardown(&mut tx, &state.room.room_name, state.room.updated_at).await?;
+                }
                 tx.commit().await?;
             }
-            Ok(RoomResult {
-                finalised: !was_final && state.room.status.is_final(),
-                room: state.room,
-                changed,
-            })
+            Ok((state, answer, finalised))
         })
         .await
     }
@@ -547,15 +589,327 @@ impl Store {
     /// Begin a transaction holding the room's row and its participant rows.
     async fn lock(&self, room_name: &str) -> Result<(Tx, CallState), TxError> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(LOCK_CALL)
-            .bind(room_name)
-            .fetch_all(&mut *tx)
-            .await?;
-        match decode_call(&rows)? {
+        match lock_call(&mut tx, room_name).await? {
             Some(state) => Ok((tx, state)),
             None => Err(ApiError::RoomNotFound.into()),
         }
     }
+
+    /// Applies one verified LiveKit webhook event. The event id is recorded in the same
+    /// transaction as its effect, so a failed attempt leaves nothing behind and LiveKit's
+    /// retry is processed, while a repeated id changes nothing.
+    pub async fn apply_webhook(
+        &self,
+        event: &WebhookEvent,
+        now: Now,
+    ) -> Result<WebhookOutcome, ApiError> {
+        retrying(|| self.apply_webhook_once(event, now)).await
+    }
+
+    async fn apply_webhook_once(
+        &self,
+        event: &WebhookEvent,
+        now: Now,
+    ) -> Result<WebhookOutcome, TxError> {
+        let mut tx = self.pool.begin().await?;
+        let recorded = sqlx::query("INSERT INTO webhook_event (id, received_at) VALUES (?, ?)")
+            .bind(&event.id)
+            .bind(now.at)
+            .execute(&mut *tx)
+            .await;
+        if let Err(err) = recorded {
+            return match err.as_database_error().map(|e| e.kind()) {
+                Some(sqlx::error::ErrorKind::UniqueViolation) => Ok(WebhookOutcome::Duplicate),
+                _ => Err(err.into()),
+            };
+        }
+        let Some(mut state) = lock_call(&mut tx, &event.room_name).await? else {
+            tx.commit().await?;
+            return Ok(WebhookOutcome::Ignored);
+        };
+        let outcome = match &event.kind {
+            // Unknown uids are acknowledged and ignored.
+            WebhookKind::ParticipantJoined { uid } | WebhookKind::ParticipantLeft { uid }
+                if state.row(uid).is_none() =>
+            {
+                WebhookOutcome::Ignored
+            }
+            WebhookKind::ParticipantJoined { .. } if state.room.status.is_final() => {
+                // A still-valid token reopened a finished room: close it again.
+                if self.teardown {
+                    queue_teardown(&mut tx, &state.room.room_name, now.at).await?;
+                }
+                WebhookOutcome::DeleteAgain
+            }
+            WebhookKind::ParticipantJoined { uid } => {
+                let elsewhere = self
+                    .close_live_elsewhere(&mut tx, uid, &state.room.room_name, now)
+                    .await?;
+                let changed = rules::presence_joined(&mut state, uid, event.created_at, now);
+                if changed {
+                    write_back(&mut tx, &mut state).await?;
+                }
+                if changed || !elsewhere.is_empty() {
+                    WebhookOutcome::Applied {
+                        rooms: elsewhere,
+                        finalised: Vec::new(),
+                    }
+                } else {
+                    WebhookOutcome::Ignored
+                }
+            }
+            WebhookKind::ParticipantLeft { uid } => {
+                let was_final = state.room.status.is_final();
+                if rules::presence_left(&mut state, uid, event.created_at, now) {
+                    write_back(&mut tx, &mut state).await?;
+                    let finalised = !was_final && state.room.status.is_final();
+                    if finalised && self.teardown {
+                        queue_teardown(&mut tx, &state.room.room_name, now.at).await?;
+                    }
+                    WebhookOutcome::Applied {
+                        rooms: Vec::new(),
+                        finalised: if finalised {
+                            vec![state.room.room_name.clone()]
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                } else {
+                    WebhookOutcome::Ignored
+                }
+            }
+            WebhookKind::RoomFinished => {
+                // LiveKit already closed the room: no DeleteRoom for this one.
+                if rules::is_stale(state.room.created_at, event.created_at)
+                    || !rules::end(&mut state, now)
+                {
+                    WebhookOutcome::Ignored
+                } else {
+                    write_back(&mut tx, &mut state).await?;
+                    WebhookOutcome::Applied {
+                        rooms: Vec::new(),
+                        finalised: Vec::new(),
+                    }
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// LiveKit saw `uid` join `room_name`: its live row in any other room is closed and that
+    /// room settles. Returns the rooms changed (and finalised rooms are queued for teardown).
+    async fn close_live_elsewhere(
+        &self,
+        tx: &mut Tx,
+        uid: &str,
+        room_name: &str,
+        now: Now,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let others: Vec<String> = sqlx::query_scalar(
+            "SELECT room_name FROM call_participant WHERE uid = ? AND status IN (0, 1) AND room_name <> ?",
+        )
+        .bind(uid)
+        .bind(room_name)
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut changed = Vec::new();
+        for other in others {
+            let Some(mut state) = lock_call(tx, &other).await? else {
+                continue;
+            };
+            let was_final = state.room.status.is_final();
+            if rules::close_elsewhere(&mut state, uid, now) {
+                write_back(tx, &mut state).await?;
+                if !was_final && state.room.status.is_final() && self.teardown {
+                    queue_teardown(tx, &other, now.at).await?;
+                }
+                changed.push(other);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Rooms whose LiveKit room still has to be deleted, oldest first.
+    pub async fn pending_teardowns(&self, limit: i64) -> Result<Vec<(String, i32)>, ApiError> {
+        let rows: Vec<(String, i32)> = sqlx::query_as(
+            "SELECT room_name, attempts FROM livekit_teardown ORDER BY created_at LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// DeleteRoom succeeded (or was given up on): forget the room's teardown.
+    pub async fn teardown_done(&self, room_name: &str) -> Result<(), ApiError> {
+        sqlx::query("DELETE FROM livekit_teardown WHERE room_name = ?")
+            .bind(room_name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn teardown_failed(&self, room_name: &str) -> Result<(), ApiError> {
+        sqlx::query("UPDATE livekit_teardown SET attempts = attempts + 1 WHERE room_name = ?")
+            .bind(room_name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rooms with a row ringing since before `cutoff`, oldest first.
+    pub async fn rooms_ringing_since(
+        &self,
+        cutoff: Now,
+        limit: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT room_name FROM call_participant WHERE status = 0 AND updated_at < ? \
+             GROUP BY room_name ORDER BY MIN(updated_at) LIMIT ?",
+        )
+        .bind(cutoff.at)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names)
+    }
+
+    /// Rooms at `status` last changed before `cutoff` (rooms at 0: with nobody ringing).
+    pub async fn idle_rooms(
+        &self,
+        status: RoomStatus,
+        cutoff: Now,
+        limit: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT r.room_name FROM call_room r WHERE r.status = ? AND r.updated_at < ? \
+             AND (r.status <> 0 OR NOT EXISTS (SELECT 1 FROM call_participant p \
+                  WHERE p.room_name = r.room_name AND p.status = 0)) \
+             ORDER BY r.updated_at LIMIT ?",
+        )
+        .bind(status.code())
+        .bind(cutoff.at)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names)
+    }
+
+    /// Rooms in progress since before `cutoff` (by start of the room), oldest first.
+    pub async fn calls_started_before(
+        &self,
+        cutoff: Now,
+        limit: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT room_name FROM call_room WHERE status = 1 AND created_at < ? ORDER BY created_at LIMIT ?",
+        )
+        .bind(cutoff.at)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names)
+    }
+
+    /// The sweeper's change to one room, under the same lock and rules as every request.
+    pub async fn sweep_room(
+        &self,
+        room_name: &str,
+        rule: impl Fn(&mut CallState) -> bool,
+    ) -> Result<RoomResult, ApiError> {
+        self.room_change(room_name, |state| Ok(rule(state))).await
+    }
+
+    /// Ends a call LiveKit no longer has (its webhooks were lost): no DeleteRoom needed.
+    pub async fn end_vanished(&self, room_name: &str, now: Now) -> Result<RoomResult, ApiError> {
+        let spec = Change {
+            room_name,
+            check_busy: &[],
+            live_conflict: None,
+            teardown: false,
+        };
+        let (state, changed, finalised) = self
+            .change_call(spec, |state, _| Ok(rules::end(state, now)))
+            .await?;
+        Ok(RoomResult {
+            room: state.room,
+            changed,
+            finalised,
+        })
+    }
+
+    pub async fn purge_webhook_events(&self, before: Now) -> Result<u64, ApiError> {
+        let done = sqlx::query("DELETE FROM webhook_event WHERE received_at < ?")
+            .bind(before.at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// How one call transaction behaves around its rule.
+struct Change<'a> {
+    room_name: &'a str,
+    /// uids whose liveness elsewhere the rule needs (invite).
+    check_busy: &'a [String],
+    /// A live-row conflict on write means this uid is in another call (join).
+    live_conflict: Option<&'a str>,
+    /// Queue a LiveKit DeleteRoom when the room becomes final.
+    teardown: bool,
+}
+
+/// A verified LiveKit webhook event, reduced to what the lifecycle needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub room_name: String,
+    /// LiveKit's createdAt, Unix seconds.
+    pub created_at: i64,
+    pub kind: WebhookKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookKind {
+    ParticipantJoined { uid: String },
+    ParticipantLeft { uid: String },
+    RoomFinished,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookOutcome {
+    /// State changed; `rooms` lists other rooms touched, `finalised` rooms to tear down.
+    Applied {
+        rooms: Vec<String>,
+        finalised: Vec<String>,
+    },
+    /// Unknown room or uid, stale or already true: acknowledged, nothing changed.
+    Ignored,
+    /// This event id was processed before.
+    Duplicate,
+    /// The room is final but LiveKit says someone joined: delete the LiveKit room again.
+    DeleteAgain,
+}
+
+async fn lock_call(tx: &mut Tx, room_name: &str) -> Result<Option<CallState>, sqlx::Error> {
+    let rows = sqlx::query(LOCK_CALL)
+        .bind(room_name)
+        .fetch_all(&mut **tx)
+        .await?;
+    decode_call(&rows)
+}
+
+async fn queue_teardown(
+    tx: &mut Tx,
+    room_name: &str,
+    at: NaiveDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(backend::INSERT_TEARDOWN)
+        .bind(room_name)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The uids among `uids` that are live (ringing or joined) in a room other than `except`.

@@ -62,29 +62,47 @@ async fn free_addr() -> SocketAddr {
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn requests_get_503_while_the_database_is_down_and_recover_after(pool: DbPool) {
-    let database = pool.connect_options().get_database().expect("test database").to_owned();
+    let database = pool
+        .connect_options()
+        .get_database()
+        .expect("test database")
+        .to_owned();
     let addr = free_addr().await;
     let url = format!("mysql://root@{addr}/{database}");
-    let app = App::with_store(common::config(&[]), Store::connect_lazy(&url).expect("url"))
-        .expect("app");
+    let app =
+        App::with_store(common::config(&[]), Store::connect_lazy(&url).expect("url")).expect("app");
     let token = common::service_token(&app);
 
     let relay = Relay::start(addr).await;
-    let up = health(&app, request("/health", None)).await.expect("response");
+    let up = health(&app, request("/health", None))
+        .await
+        .expect("response");
     assert_eq!(up.status(), 200);
     assert_eq!(json(up.body())["database"], "ok");
 
     drop(relay);
-    let down = health(&app, request("/health", None)).await.expect("response");
+    let down = health(&app, request("/health", None))
+        .await
+        .expect("response");
     assert_eq!(down.status(), 503);
     assert_eq!(json(down.body())["status"], "degraded");
-    let refused = get_room(&app, request("/api/rooms/r1", Some(&token))).await.expect("response");
+    let refused = get_room(&app, request("/api/rooms/r1", Some(&token)))
+        .await
+        .expect("response");
     assert_eq!(refused.status(), 503);
     assert_eq!(json(refused.body())["error"], "service_unavailable");
 
     let _relay = Relay::start(addr).await;
-    let back = health(&app, request("/health", None)).await.expect("response");
+    let back = health(&app, request("/health", None))
+        .await
+        .expect("response");
     assert_eq!(back.status(), 200);
-    let missing = get_room(&app, request("/api/rooms/r1", Some(&token))).await.expect("response");
-    assert_eq!(missing.status(), 404, "the same App answers again once MariaDB is back");
+    let missing = get_room(&app, request("/api/rooms/r1", Some(&token)))
+        .await
+        .expect("response");
+    assert_eq!(
+        missing.status(),
+        404,
+        "the same App answers again once MariaDB is back"
+    );
 }

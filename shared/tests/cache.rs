@@ -61,17 +61,26 @@ async fn seed_room(app: &call_shared::App, name: &str) {
         invite_on: 0,
         max_participants: 5,
     };
-    app.store.create_room(&new, &[], Now::current()).await.expect("create");
+    app.store
+        .create_room(&new, &[], Now::current())
+        .await
+        .expect("create");
 }
 
 #[tokio::test]
 async fn a_cached_room_round_trips_until_forgotten() {
     let cache = Cache::new(Some(&common::redis_url())).expect("redis url");
     let name = unique("cache");
-    let cached = CachedRoom { room: room(&name), members: vec!["alice".into(), "bob".into()] };
+    let cached = CachedRoom {
+        room: room(&name),
+        members: vec!["alice".into(), "bob".into()],
+    };
     assert_eq!(cache.get_room(&name).await, None);
     cache.put_room(&cached).await;
-    let got = cache.get_room(&name).await.expect("redis must be reachable for this test");
+    let got = cache
+        .get_room(&name)
+        .await
+        .expect("redis must be reachable for this test");
     assert_eq!(got.members, cached.members);
     assert_eq!(got.room.room_name, name);
     cache.forget_room(&name).await;
@@ -82,10 +91,19 @@ async fn a_cached_room_round_trips_until_forgotten() {
 async fn an_unreachable_redis_is_skipped_quickly() {
     let cache = Cache::new(Some("redis://127.0.0.1:1/0")).expect("url parses");
     let started = Instant::now();
-    cache.put_room(&CachedRoom { room: room("x"), members: vec![] }).await;
+    cache
+        .put_room(&CachedRoom {
+            room: room("x"),
+            members: vec![],
+        })
+        .await;
     assert_eq!(cache.get_room("x").await, None);
     assert_eq!(cache.count_in_window("join", "alice").await, None);
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -106,10 +124,14 @@ async fn get_room_is_served_from_the_cache_without_the_database(pool: DbPool) {
     let name = unique("cached");
     seed_room(&app, &name).await;
     let path = format!("/api/rooms/{name}");
-    let first = get_room(&app, request("GET", &path, &token, "")).await.expect("response");
+    let first = get_room(&app, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
     assert_eq!(first.status(), 200);
     pool.close().await;
-    let second = get_room(&app, request("GET", &path, &token, "")).await.expect("response");
+    let second = get_room(&app, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
     assert_eq!(second.status(), 200, "{}", json(&second));
     assert_eq!(json(&second)["data"], json(&first)["data"]);
 }
@@ -121,13 +143,17 @@ async fn a_commit_forgets_the_cached_room(pool: DbPool) {
     let name = unique("stale");
     seed_room(&app, &name).await;
     let path = format!("/api/rooms/{name}");
-    let before = get_room(&app, request("GET", &path, &token, "")).await.expect("response");
+    let before = get_room(&app, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
     assert_eq!(json(&before)["data"]["status"], 0);
     let ended = end_room(&app, request("POST", &format!("{path}/end"), &token, ""))
         .await
         .expect("response");
     assert_eq!(ended.status(), 200);
-    let after = get_room(&app, request("GET", &path, &token, "")).await.expect("response");
+    let after = get_room(&app, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
     assert_eq!(json(&after)["data"]["status"], 3);
 }
 
@@ -137,9 +163,12 @@ async fn get_room_works_with_redis_down(pool: DbPool) {
     let token = common::service_token(&app);
     let name = unique("noredis");
     seed_room(&app, &name).await;
-    let response = get_room(&app, request("GET", &format!("/api/rooms/{name}"), &token, ""))
-        .await
-        .expect("response");
+    let response = get_room(
+        &app,
+        request("GET", &format!("/api/rooms/{name}"), &token, ""),
+    )
+    .await
+    .expect("response");
     assert_eq!(response.status(), 200);
     assert_eq!(json(&response)["data"]["room_name"], name.as_str());
 }
@@ -148,7 +177,10 @@ async fn get_room_works_with_redis_down(pool: DbPool) {
 async fn joins_over_the_limit_are_rate_limited(pool: DbPool) {
     let app = common::app_with(
         pool,
-        &[("REDIS_URL", &common::redis_url()), ("RATE_LIMIT_JOIN_PER_MIN", "2")],
+        &[
+            ("REDIS_URL", &common::redis_url()),
+            ("RATE_LIMIT_JOIN_PER_MIN", "2"),
+        ],
     );
     let name = unique("limited");
     seed_room(&app, &name).await;
@@ -157,9 +189,12 @@ async fn joins_over_the_limit_are_rate_limited(pool: DbPool) {
     let body = format!(r#"{{"room_name":"{name}","uid":"{uid}"}}"#);
     let mut statuses = Vec::new();
     for _ in 0..3 {
-        let response = join_room(&app, request("POST", "/api/participants/join", &token, &body))
-            .await
-            .expect("response");
+        let response = join_room(
+            &app,
+            request("POST", "/api/participants/join", &token, &body),
+        )
+        .await
+        .expect("response");
         statuses.push(response.status().as_u16());
         if response.status() == 429 {
             assert_eq!(json(&response)["error"], "rate_limited");
@@ -170,9 +205,12 @@ async fn joins_over_the_limit_are_rate_limited(pool: DbPool) {
     assert_eq!(&statuses[..2], &[200, 200]);
     assert!(statuses[2] == 429 || statuses[2] == 200);
     if statuses[2] == 200 {
-        let again = join_room(&app, request("POST", "/api/participants/join", &token, &body))
-            .await
-            .expect("response");
+        let again = join_room(
+            &app,
+            request("POST", "/api/participants/join", &token, &body),
+        )
+        .await
+        .expect("response");
         assert_eq!(again.status(), 429);
     }
 }

@@ -32,7 +32,11 @@ fn anyone(_: &call_shared::rules::CallState) -> Result<(), ApiError> {
 
 async fn statuses(store: &Store, room: &str) -> (R, Vec<(String, P)>) {
     let state = store.load(room).await.expect("load").expect("room exists");
-    let rows = state.rows.iter().map(|p| (p.uid.clone(), p.status)).collect();
+    let rows = state
+        .rows
+        .iter()
+        .map(|p| (p.uid.clone(), p.status))
+        .collect();
     (state.room.status, rows)
 }
 
@@ -49,14 +53,21 @@ async fn create_writes_the_room_the_creator_and_the_invitees(pool: DbPool) {
     assert_eq!(status, R::NotStarted);
     assert_eq!(
         rows,
-        vec![("alice".into(), P::Joined), ("bob".into(), P::Ringing), ("carol".into(), P::Ringing)]
+        vec![
+            ("alice".into(), P::Joined),
+            ("bob".into(), P::Ringing),
+            ("carol".into(), P::Ringing)
+        ]
     );
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn create_refuses_a_taken_room_name(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("r1", "alice"), &[], now()).await.expect("create");
+    store
+        .create_room(&new_room("r1", "alice"), &[], now())
+        .await
+        .expect("create");
     let err = store.create_room(&new_room("r1", "bob"), &[], now()).await;
     assert_eq!(err.err(), Some(ApiError::RoomAlreadyExists));
 }
@@ -64,9 +75,19 @@ async fn create_refuses_a_taken_room_name(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn create_with_a_busy_invitee_writes_nothing(pool: DbPool) {
     let store = Store::from_pool(pool.clone());
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("create");
-    let err = store.create_room(&new_room("r2", "carol"), &uids(&["dave", "bob"]), now()).await;
-    assert_eq!(err.err(), Some(ApiError::ParticipantInCall { busy_uids: uids(&["bob"]) }));
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("create");
+    let err = store
+        .create_room(&new_room("r2", "carol"), &uids(&["dave", "bob"]), now())
+        .await;
+    assert_eq!(
+        err.err(),
+        Some(ApiError::ParticipantInCall {
+            busy_uids: uids(&["bob"])
+        })
+    );
     assert!(store.load("r2").await.expect("load").is_none());
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_participant")
         .fetch_one(&pool)
@@ -78,8 +99,13 @@ async fn create_with_a_busy_invitee_writes_nothing(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn create_refuses_a_creator_live_elsewhere(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("r1", "alice"), &[], now()).await.expect("create");
-    let err = store.create_room(&new_room("r2", "alice"), &[], now()).await;
+    store
+        .create_room(&new_room("r1", "alice"), &[], now())
+        .await
+        .expect("create");
+    let err = store
+        .create_room(&new_room("r2", "alice"), &[], now())
+        .await;
     assert_eq!(err.err(), Some(ApiError::CreatorInAnotherCall));
 }
 
@@ -92,22 +118,39 @@ async fn a_channel_has_one_open_room_at_a_time(pool: DbPool) {
     let mut second = new_room("r2", "bob");
     second.source_channel_id = "chan".into();
     let err = store.create_room(&second, &[], now()).await;
-    assert_eq!(err.err(), Some(ApiError::ChannelHasActiveRoom { room_name: "r1".into() }));
+    assert_eq!(
+        err.err(),
+        Some(ApiError::ChannelHasActiveRoom {
+            room_name: "r1".into()
+        })
+    );
 
     // Another channel type is another channel; and once r1 ends, the channel is free again.
     second.source_channel_type = 1;
-    store.create_room(&second, &[], now()).await.expect("other channel type");
+    store
+        .create_room(&second, &[], now())
+        .await
+        .expect("other channel type");
     store.end_room("r1", now(), anyone).await.expect("end");
     let mut third = new_room("r3", "carol");
     third.source_channel_id = "chan".into();
-    store.create_room(&third, &[], now()).await.expect("channel free again");
+    store
+        .create_room(&third, &[], now())
+        .await
+        .expect("channel free again");
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn the_database_refuses_a_second_live_row_for_a_uid(pool: DbPool) {
     let store = Store::from_pool(pool.clone());
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("r1");
-    store.create_room(&new_room("r2", "carol"), &[], now()).await.expect("r2");
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("r1");
+    store
+        .create_room(&new_room("r2", "carol"), &[], now())
+        .await
+        .expect("r2");
     let at = now().at;
     let insert = sqlx::query(
         "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, created_at, \
@@ -118,7 +161,10 @@ async fn the_database_refuses_a_second_live_row_for_a_uid(pool: DbPool) {
     .execute(&pool)
     .await;
     let err = insert.expect_err("bob is already live in r1");
-    assert_eq!(call_shared::store::unique_violation(&err), Some(call_shared::store::UniqueKey::LiveUid));
+    assert_eq!(
+        call_shared::store::unique_violation(&err),
+        Some(call_shared::store::UniqueKey::LiveUid)
+    );
     // A final row for the same uid is history, not a live call: allowed.
     sqlx::query(
         "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, created_at, \
@@ -134,8 +180,14 @@ async fn the_database_refuses_a_second_live_row_for_a_uid(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn names_compare_exactly(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("Room", "ALICE"), &[], now()).await.expect("Room");
-    store.create_room(&new_room("room", "alice"), &[], now()).await.expect("room is another room");
+    store
+        .create_room(&new_room("Room", "ALICE"), &[], now())
+        .await
+        .expect("Room");
+    store
+        .create_room(&new_room("room", "alice"), &[], now())
+        .await
+        .expect("room is another room");
     let upper = store.load("Room").await.expect("load").expect("exists");
     assert_eq!(upper.room.creator, "ALICE");
     assert!(store.load("ROOM").await.expect("load").is_none());
@@ -149,7 +201,10 @@ async fn names_compare_exactly(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn join_then_leave_runs_and_ends_a_two_person_call(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("create");
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("create");
     let joined = store
         .participant_action("r1", "bob", Action::Join, now(), anyone)
         .await
@@ -174,25 +229,40 @@ async fn join_then_leave_runs_and_ends_a_two_person_call(pool: DbPool) {
     assert!(left.participant.leave_time >= left.participant.join_time);
     let (status, rows) = statuses(&store, "r1").await;
     assert_eq!(status, R::Ended);
-    assert_eq!(rows, vec![("alice".into(), P::HungUp), ("bob".into(), P::HungUp)]);
+    assert_eq!(
+        rows,
+        vec![("alice".into(), P::HungUp), ("bob".into(), P::HungUp)]
+    );
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn join_refuses_unknown_and_final_rooms(pool: DbPool) {
     let store = Store::from_pool(pool);
-    let err = store.participant_action("nope", "bob", Action::Join, now(), anyone).await;
+    let err = store
+        .participant_action("nope", "bob", Action::Join, now(), anyone)
+        .await;
     assert_eq!(err.err(), Some(ApiError::RoomNotFound));
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("create");
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("create");
     store.end_room("r1", now(), anyone).await.expect("end");
-    let err = store.participant_action("r1", "bob", Action::Join, now(), anyone).await;
+    let err = store
+        .participant_action("r1", "bob", Action::Join, now(), anyone)
+        .await;
     assert_eq!(err.err(), Some(ApiError::RoomNotActive));
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn a_guard_refusal_changes_nothing(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("create");
-    let err = store.end_room("r1", now(), |_| Err(ApiError::Forbidden)).await;
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("create");
+    let err = store
+        .end_room("r1", now(), |_| Err(ApiError::Forbidden))
+        .await;
     assert_eq!(err.err(), Some(ApiError::Forbidden));
     assert_eq!(statuses(&store, "r1").await.0, R::NotStarted);
 }
@@ -200,13 +270,22 @@ async fn a_guard_refusal_changes_nothing(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn ending_is_final_and_idempotent(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("create");
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("create");
     let ended = store.end_room("r1", now(), anyone).await.expect("end");
     assert!(ended.changed && ended.finalised);
     assert_eq!(ended.room.status, R::Cancelled);
     let (_, rows) = statuses(&store, "r1").await;
-    assert_eq!(rows, vec![("alice".into(), P::HungUp), ("bob".into(), P::Cancelled)]);
-    let again = store.end_room("r1", now(), anyone).await.expect("end again");
+    assert_eq!(
+        rows,
+        vec![("alice".into(), P::HungUp), ("bob".into(), P::Cancelled)]
+    );
+    let again = store
+        .end_room("r1", now(), anyone)
+        .await
+        .expect("end again");
     assert!(!again.changed && !again.finalised);
     assert_eq!(again.room.updated_at, ended.room.updated_at);
 }
@@ -214,9 +293,18 @@ async fn ending_is_final_and_idempotent(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn invite_rings_again_and_records_busy_uids(pool: DbPool) {
     let store = Store::from_pool(pool);
-    store.create_room(&new_room("r1", "alice"), &uids(&["bob"]), now()).await.expect("r1");
-    store.create_room(&new_room("r2", "dave"), &[], now()).await.expect("r2");
-    store.participant_action("r1", "bob", Action::Reject, now(), anyone).await.expect("reject");
+    store
+        .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
+        .await
+        .expect("r1");
+    store
+        .create_room(&new_room("r2", "dave"), &[], now())
+        .await
+        .expect("r2");
+    store
+        .participant_action("r1", "bob", Action::Reject, now(), anyone)
+        .await
+        .expect("reject");
     // r1 was cancelled when bob rejected; invite into r2 instead.
     let (room, rows, _) = store
         .invite("r2", &uids(&["bob", "alice", "erin"]), now(), anyone)
@@ -226,10 +314,20 @@ async fn invite_rings_again_and_records_busy_uids(pool: DbPool) {
     let got: Vec<(String, P)> = rows.iter().map(|p| (p.uid.clone(), p.status)).collect();
     assert_eq!(
         got,
-        vec![("bob".into(), P::Ringing), ("alice".into(), P::Ringing), ("erin".into(), P::Ringing)]
+        vec![
+            ("bob".into(), P::Ringing),
+            ("alice".into(), P::Ringing),
+            ("erin".into(), P::Ringing)
+        ]
     );
-    store.create_room(&new_room("r3", "frank"), &uids(&["gina"]), now()).await.expect("r3");
-    let (_, rows, _) = store.invite("r3", &uids(&["erin"]), now(), anyone).await.expect("invite");
+    store
+        .create_room(&new_room("r3", "frank"), &uids(&["gina"]), now())
+        .await
+        .expect("r3");
+    let (_, rows, _) = store
+        .invite("r3", &uids(&["erin"]), now(), anyone)
+        .await
+        .expect("invite");
     assert_eq!(rows[0].status, P::Busy);
 }
 
@@ -238,28 +336,67 @@ async fn list_rooms_pages_newest_first_with_a_filtered_total(pool: DbPool) {
     let store = Store::from_pool(pool);
     for i in 0..7 {
         let mut room = new_room(&format!("r{i}"), &format!("u{i}"));
-        room.source_channel_id = if i % 2 == 0 { "even".into() } else { "odd".into() };
+        room.source_channel_id = if i % 2 == 0 {
+            "even".into()
+        } else {
+            "odd".into()
+        };
         room.source_channel_type = i as i16; // one open room per channel
-        store.create_room(&room, &uids(&[&format!("guest{i}")]), now()).await.expect("create");
+        store
+            .create_room(&room, &uids(&[&format!("guest{i}")]), now())
+            .await
+            .expect("create");
     }
     store.end_room("r3", now(), anyone).await.expect("end");
 
-    let (page, total) = store.list_rooms(&RoomFilter::default(), 3, 0).await.expect("list");
+    let (page, total) = store
+        .list_rooms(&RoomFilter::default(), 3, 0)
+        .await
+        .expect("list");
     assert_eq!(total, 7);
-    assert_eq!(page.iter().map(|r| r.room_name.as_str()).collect::<Vec<_>>(), ["r6", "r5", "r4"]);
-    let (page, total) = store.list_rooms(&RoomFilter::default(), 3, 6).await.expect("list");
+    assert_eq!(
+        page.iter()
+            .map(|r| r.room_name.as_str())
+            .collect::<Vec<_>>(),
+        ["r6", "r5", "r4"]
+    );
+    let (page, total) = store
+        .list_rooms(&RoomFilter::default(), 3, 6)
+        .await
+        .expect("list");
     assert_eq!((page.len(), total), (1, 7));
-    let (page, total) = store.list_rooms(&RoomFilter::default(), 3, 50).await.expect("list");
+    let (page, total) = store
+        .list_rooms(&RoomFilter::default(), 3, 50)
+        .await
+        .expect("list");
     assert_eq!((page.len(), total), (0, 7));
 
-    let by_channel = RoomFilter { source_channel_id: Some("even".into()), ..RoomFilter::default() };
-    assert_eq!(store.list_rooms(&by_channel, 10, 0).await.expect("list").1, 4);
-    let by_status = RoomFilter { status: Some(R::Cancelled), ..RoomFilter::default() };
+    let by_channel = RoomFilter {
+        source_channel_id: Some("even".into()),
+        ..RoomFilter::default()
+    };
+    assert_eq!(
+        store.list_rooms(&by_channel, 10, 0).await.expect("list").1,
+        4
+    );
+    let by_status = RoomFilter {
+        status: Some(R::Cancelled),
+        ..RoomFilter::default()
+    };
     let (page, total) = store.list_rooms(&by_status, 10, 0).await.expect("list");
     assert_eq!((page[0].room_name.as_str(), total), ("r3", 1));
-    let by_creator = RoomFilter { creator: Some("u2".into()), ..RoomFilter::default() };
-    assert_eq!(store.list_rooms(&by_creator, 10, 0).await.expect("list").1, 1);
-    let by_uid = RoomFilter { uid: Some("guest5".into()), ..RoomFilter::default() };
+    let by_creator = RoomFilter {
+        creator: Some("u2".into()),
+        ..RoomFilter::default()
+    };
+    assert_eq!(
+        store.list_rooms(&by_creator, 10, 0).await.expect("list").1,
+        1
+    );
+    let by_uid = RoomFilter {
+        uid: Some("guest5".into()),
+        ..RoomFilter::default()
+    };
     let (page, total) = store.list_rooms(&by_uid, 10, 0).await.expect("list");
     assert_eq!((page[0].room_name.as_str(), total), ("r5", 1));
 }
@@ -268,7 +405,10 @@ async fn list_rooms_pages_newest_first_with_a_filtered_total(pool: DbPool) {
 async fn timestamps_keep_milliseconds(pool: DbPool) {
     let store = Store::from_pool(pool);
     let at = Now::from_millis(1_705_314_600_123).expect("instant");
-    store.create_room(&new_room("r1", "alice"), &[], at).await.expect("create");
+    store
+        .create_room(&new_room("r1", "alice"), &[], at)
+        .await
+        .expect("create");
     let state = store.load("r1").await.expect("load").expect("exists");
     assert_eq!(state.room.created_at, at.at);
     assert_eq!(state.rows[0].join_time, 1_705_314_600_123);

@@ -4,12 +4,14 @@
 mod health;
 mod participants;
 mod rooms;
+mod webhook;
 
 pub use health::health;
 pub use participants::{
     invite_participants, join_room, leave_room, list_participants, update_participant_status,
 };
 pub use rooms::{create_room, end_room, get_room, list_rooms, update_room_status};
+pub use webhook::livekit_webhook;
 
 /// Route patterns, as API Gateway and the local router know them.
 pub mod routes {
@@ -20,4 +22,5 @@ pub mod routes {
     pub const ROOM_PARTICIPANTS: &str = "/api/rooms/{room_name}/participants";
     pub const ROOM_INVITE: &str = "/api/rooms/{room_name}/invite";
     pub const PARTICIPANT_STATUS: &str = "/api/rooms/{room_name}/participants/{uid}/status";
+    pub const LIVEKIT_WEBHOOK: &str = "/api/webhooks/livekit";
 }

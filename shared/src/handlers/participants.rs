@@ -64,9 +64,8 @@ pub async fn join_room(app: &App, req: Request) -> Result<Response<Body>, Error>
                 |_| Ok(()),
             )
             .await?;
-        if result.changed {
-            app.cache.forget_room(&body.room_name).await;
-        }
+        app.after_change(&body.room_name, result.changed, result.finalised)
+            .await;
         let token = app.livekit.token(&result.room, &body.uid)?;
         let row = &result.participant;
         ok(
@@ -102,9 +101,8 @@ pub async fn leave_room(app: &App, req: Request) -> Result<Response<Body>, Error
                 |_| Ok(()),
             )
             .await?;
-        if result.changed {
-            app.cache.forget_room(&body.room_name).await;
-        }
+        app.after_change(&body.room_name, result.changed, result.finalised)
+            .await;
         ok(msg::LEFT, result.participant)
     })
     .await
@@ -142,13 +140,13 @@ pub async fn invite_participants(app: &App, req: Request) -> Result<Response<Bod
         // A user is counted as itself; a service, which acts for the creator, per room.
         app.rate_limit(Limited::Invite, caller.uid().unwrap_or(&room_name))
             .await?;
-        let (_, rows, _) = app
+        let (_, rows, finalised) = app
             .store
             .invite(&room_name, &body.uids, Now::current(), |state| {
                 caller.may_manage(&state.room.creator)
             })
             .await?;
-        app.cache.forget_room(&room_name).await;
+        app.after_change(&room_name, true, finalised).await;
         ok(msg::INVITED, rows)
     })
     .await
@@ -171,9 +169,8 @@ pub async fn update_participant_status(app: &App, req: Request) -> Result<Respon
                 may_set_status(&caller, state, &uid, status)
             })
             .await?;
-        if result.changed {
-            app.cache.forget_room(&room_name).await;
-        }
+        app.after_change(&room_name, result.changed, result.finalised)
+            .await;
         ok(msg::PARTICIPANT_STATUS_UPDATED, result.participant)
     })
     .await

@@ -220,9 +220,8 @@ pub async fn update_room_status(app: &App, req: Request) -> Result<Response<Body
                 caller.may_manage(&state.room.creator)
             })
             .await?;
-        if result.changed {
-            app.cache.forget_room(&room_name).await;
-        }
+        app.after_change(&room_name, result.changed, result.finalised)
+            .await;
         ok(msg::ROOM_STATUS_UPDATED, result.room)
     })
     .await
@@ -240,9 +239,8 @@ pub async fn end_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
                 caller.may_manage(&state.room.creator)
             })
             .await?;
-        if result.changed {
-            app.cache.forget_room(&room_name).await;
-        }
+        app.after_change(&room_name, result.changed, result.finalised)
+            .await;
         ok(msg::ROOM_ENDED, result.room)
     })
     .await

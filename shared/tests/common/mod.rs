@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use call_shared::App;
 use call_shared::config::{Config, Secrets};
 use call_shared::store::{DbPool, Store, TEST_URL_EXAMPLE};
-use call_shared::App;
 
 pub const AUTH_SECRET: &str = "test-auth-secret";
 pub const LIVEKIT_KEY: &str = "test-key";

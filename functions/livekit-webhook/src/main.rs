@@ -1,0 +1,9 @@
+use call_shared::{App, handlers::livekit_webhook, telemetry};
+use lambda_http::{Error, run, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let app = App::from_env().await?;
+    run(service_fn(|req| livekit_webhook(&app, req))).await
+}

@@ -1,0 +1,22 @@
+//! The sweeper, on an EventBridge schedule (every minute). Run as a command outside Lambda it
+//! sweeps once and prints its report: `cargo run -p ring-timeout`.
+
+use call_shared::{App, model::Now, sweeper, telemetry};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use serde_json::Value;
+
+async fn sweep(app: &App) -> Result<Value, Error> {
+    let report = sweeper::sweep(app, Now::current()).await?;
+    Ok(serde_json::to_value(report)?)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let app = App::from_env().await?;
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        println!("{}", sweep(&app).await?);
+        return Ok(());
+    }
+    run(service_fn(|_: LambdaEvent<Value>| sweep(&app))).await
+}

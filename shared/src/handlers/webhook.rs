@@ -1,0 +1,61 @@
+use lambda_http::{Body, Error, Request, Response};
+use serde_json::json;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::http::{MAX_BODY_BYTES, header, note, raw, respond};
+use crate::livekit::lifecycle_event;
+use crate::model::Now;
+use crate::store::WebhookOutcome;
+
+/// POST /api/webhooks/livekit: LiveKit's own account of who joined, left, or closed a room.
+/// Signed by LiveKit (JWT in Authorization carrying the body's sha256), not by our bearer auth.
+pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("livekit-webhook", &req, async {
+        let body: &[u8] = req.body().as_ref();
+        if body.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        let event = app
+            .livekit
+            .verify_webhook(body, header(&req, "authorization"))?;
+        let Some(event) = lifecycle_event(&event) else {
+            return Ok(raw(
+                200,
+                json!({ "code": 0, "msg": "ok", "data": { "outcome": "ignored" } }),
+            ));
+        };
+        note(&event.room_name, None);
+        let outcome = if app.cache.webhook_seen(&event.id).await {
+            WebhookOutcome::Duplicate
+        } else {
+            let outcome = app.store.apply_webhook(&event, Now::current()).await?;
+            app.cache.remember_webhook(&event.id).await;
+            outcome
+        };
+        let label = match &outcome {
+            WebhookOutcome::Applied { rooms, finalised } => {
+                app.after_change(&event.room_name, true, false).await;
+                for room in rooms {
+                    app.after_change(room, true, false).await;
+                }
+                for room in finalised {
+                    app.tear_down(room).await;
+                }
+                "applied"
+            }
+            WebhookOutcome::DeleteAgain => {
+                app.tear_down(&event.room_name).await;
+                "deleted_again"
+            }
+            WebhookOutcome::Ignored => "ignored",
+            WebhookOutcome::Duplicate => "duplicate",
+        };
+        tracing::info!(event_id = %event.id, outcome = label, "webhook");
+        Ok(raw(
+            200,
+            json!({ "code": 0, "msg": "ok", "data": { "outcome": label } }),
+        ))
+    })
+    .await
+}
