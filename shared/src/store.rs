@@ -642,7 +642,7 @@ impl Store {
                 WebhookOutcome::DeleteAgain
             }
             WebhookKind::ParticipantJoined { uid } => {
-                let elsewhere = self
+                let (elsewhere, finalised) = self
                     .close_live_elsewhere(&mut tx, uid, &state.room.room_name, now)
                     .await?;
                 let changed = rules::presence_joined(&mut state, uid, event.created_at, now);
@@ -652,7 +652,7 @@ impl Store {
                 if changed || !elsewhere.is_empty() {
                     WebhookOutcome::Applied {
                         rooms: elsewhere,
-                        finalised: Vec::new(),
+                        finalised,
                     }
                 } else {
                     WebhookOutcome::Ignored
@@ -698,14 +698,14 @@ impl Store {
     }
 
     /// LiveKit saw `uid` join `room_name`: its live row in any other room is closed and that
-    /// room settles. Returns the rooms changed (and finalised rooms are queued for teardown).
+    /// room settles. Returns the rooms changed and those it made final (queued for teardown).
     async fn close_live_elsewhere(
         &self,
         tx: &mut Tx,
         uid: &str,
         room_name: &str,
         now: Now,
-    ) -> Result<Vec<String>, sqlx::Error> {
+    ) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
         let others: Vec<String> = sqlx::query_scalar(
             "SELECT room_name FROM call_participant WHERE uid = ? AND status IN (0, 1) AND room_name <> ?",
         )
@@ -713,7 +713,7 @@ impl Store {
         .bind(room_name)
         .fetch_all(&mut **tx)
         .await?;
-        let mut changed = Vec::new();
+        let (mut changed, mut finalised) = (Vec::new(), Vec::new());
         for other in others {
             let Some(mut state) = lock_call(tx, &other).await? else {
                 continue;
@@ -721,13 +721,16 @@ impl Store {
             let was_final = state.room.status.is_final();
             if rules::close_elsewhere(&mut state, uid, now) {
                 write_back(tx, &mut state).await?;
-                if !was_final && state.room.status.is_final() && self.teardown {
-                    queue_teardown(tx, &other, now.at).await?;
+                if !was_final && state.room.status.is_final() {
+                    if self.teardown {
+                        queue_teardown(tx, &other, now.at).await?;
+                    }
+                    finalised.push(other.clone());
                 }
                 changed.push(other);
             }
         }
-        Ok(changed)
+        Ok((changed, finalised))
     }
 
     /// Rooms whose LiveKit room still has to be deleted, oldest first.
