@@ -248,6 +248,24 @@ pub fn apply_action(
     })
 }
 
+/// Ring one uid again (PUT 0): as the table says, but a uid live in another call is
+/// recorded as busy (5) instead, as an invite does.
+pub fn ring_again(
+    state: &mut CallState,
+    uid: &str,
+    busy_elsewhere: bool,
+    now: Now,
+) -> Result<Applied, ApiError> {
+    let applied = apply_action(state, uid, Action::RingAgain, now)?;
+    if busy_elsewhere && applied.changed {
+        state.set_row(applied.row, P::Busy, now);
+        state.rows[applied.row].join_time = 0;
+        state.rows[applied.row].leave_time = 0;
+        settle(state, now);
+    }
+    Ok(applied)
+}
+
 /// Invite (ring again) each uid: joined and ringing rows stay, busy uids are recorded as 5.
 /// Returns the indices of the rows the invite concerned, in request order.
 pub fn invite(

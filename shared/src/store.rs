@@ -460,16 +460,25 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<ActionResult, ApiError> {
+        // Ringing again records a uid live elsewhere as busy, so it needs to know.
+        let ring_target = [uid.to_owned()];
         let change = Change {
             room_name,
-            check_busy: &[],
+            check_busy: if action == Action::RingAgain {
+                &ring_target
+            } else {
+                &[]
+            },
             live_conflict: Some(uid),
             teardown: true,
         };
         let (state, applied, finalised) = self
-            .change_call(change, |state, _| {
+            .change_call(change, |state, busy| {
                 guard(state)?;
-                rules::apply_action(state, uid, action, now)
+                match action {
+                    Action::RingAgain => rules::ring_again(state, uid, busy.contains(uid), now),
+                    _ => rules::apply_action(state, uid, action, now),
+                }
             })
             .await?;
         Ok(ActionResult {

@@ -189,16 +189,16 @@ impl World {
                     return;
                 }
                 for other in self.live_rooms_of(uid) {
-                    if other != name {
-                        if let Some(call) = self.calls.get_mut(other) {
-                            rules::close_elsewhere(call, uid, now);
-                        }
+                    if other != name
+                        && let Some(call) = self.calls.get_mut(other)
+                    {
+                        rules::close_elsewhere(call, uid, now);
                     }
                 }
-                if let Some(call) = self.calls.get_mut(name) {
-                    if rules::presence_joined(call, uid, now.ms / 1000, now) {
-                        self.presence_joined.insert(name);
-                    }
+                if let Some(call) = self.calls.get_mut(name)
+                    && rules::presence_joined(call, uid, now.ms / 1000, now)
+                {
+                    self.presence_joined.insert(name);
                 }
             }
             Op::PresenceLeft { room, uid } => {
