@@ -1,0 +1,259 @@
+//! The call transactions: create, participant actions, invite, end and the room status PUT.
+
+use std::collections::HashSet;
+
+use super::*;
+
+impl Store {
+    /// Create: the room, the creator joined and the invitees ringing, in one transaction.
+    pub async fn create_room(
+        &self,
+        new: &NewRoom,
+        invitees: &[String],
+        now: Now,
+    ) -> Result<CallState, ApiError> {
+        retrying(|| self.create_room_once(new, invitees, now)).await
+    }
+
+    async fn create_room_once(
+        &self,
+        new: &NewRoom,
+        invitees: &[String],
+        now: Now,
+    ) -> Result<CallState, TxError> {
+        let mut tx = self.pool.begin().await?;
+        let mut everyone = vec![new.creator.clone()];
+        everyone.extend(invitees.iter().cloned());
+        let busy = live_uids(&mut tx, &everyone, None).await?;
+        if busy.contains(&new.creator) {
+            return Err(ApiError::CreatorInAnotherCall.into());
+        }
+        if !busy.is_empty() {
+            let busy_uids = invitees
+                .iter()
+                .filter(|u| busy.contains(*u))
+                .cloned()
+                .collect();
+            return Err(ApiError::ParticipantInCall { busy_uids }.into());
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
+             call_type, invite_on, max_participants, status, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&new.source_channel_id)
+        .bind(new.source_channel_type)
+        .bind(&new.creator)
+        .bind(&new.room_name)
+        .bind(new.call_type)
+        .bind(new.invite_on)
+        .bind(new.max_participants)
+        .bind(RoomStatus::NotStarted.code())
+        .bind(now.at)
+        .bind(now.at)
+        .execute(&mut *tx)
+        .await;
+        let id = match inserted {
+            Ok(result) => backend::last_insert_id(&result),
+            Err(err) if unique_violation(&err) == Some(UniqueKey::LiveChannel) => {
+                drop(tx);
+                let room_name = self.active_room_of_channel(new).await?.unwrap_or_default();
+                return Err(ApiError::ChannelHasActiveRoom { room_name }.into());
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let room = Room {
+            id,
+            source_channel_id: new.source_channel_id.clone(),
+            source_channel_type: new.source_channel_type,
+            creator: new.creator.clone(),
+            room_name: new.room_name.clone(),
+            call_type: new.call_type,
+            invite_on: new.invite_on,
+            max_participants: new.max_participants,
+            status: RoomStatus::NotStarted,
+            created_at: now.at,
+            updated_at: now.at,
+        };
+        let mut state = rules::new_call(room, invitees, now);
+        write_rows(&mut tx, &mut state).await?;
+        tx.commit().await?;
+        Ok(state)
+    }
+
+    async fn active_room_of_channel(&self, new: &NewRoom) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT room_name FROM call_room WHERE source_channel_type = ? \
+             AND source_channel_id = ? AND status IN (0, 1) LIMIT 1",
+        )
+        .bind(new.source_channel_type)
+        .bind(&new.source_channel_id)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    /// One participant action in one transaction, then the settle rule.
+    /// `guard` sees the locked call first and may refuse the caller.
+    pub async fn participant_action(
+        &self,
+        room_name: &str,
+        uid: &str,
+        action: Action,
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+    ) -> Result<ActionResult, ApiError> {
+        // Ringing again records a uid live elsewhere as busy, so it needs to know.
+        let ring_target = [uid.to_owned()];
+        let change = Change {
+            room_name,
+            check_busy: if action == Action::RingAgain {
+                &ring_target
+            } else {
+                &[]
+            },
+            live_conflict: Some(uid),
+            teardown: true,
+        };
+        let (state, applied, finalised) = self
+            .change_call(change, |state, busy| {
+                guard(state)?;
+                match action {
+                    Action::RingAgain => rules::ring_again(state, uid, busy.contains(uid), now),
+                    _ => rules::apply_action(state, uid, action, now),
+                }
+            })
+            .await?;
+        Ok(ActionResult {
+            participant: state.rows[applied.row].clone(),
+            room: state.room,
+            changed: applied.changed,
+            finalised,
+        })
+    }
+
+    /// Ring each uid again; uids live in another call are recorded as busy.
+    pub async fn invite(
+        &self,
+        room_name: &str,
+        uids: &[String],
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+    ) -> Result<(Room, Vec<Participant>, bool), ApiError> {
+        let change = Change {
+            room_name,
+            check_busy: uids,
+            live_conflict: None,
+            teardown: true,
+        };
+        let (state, concerned, finalised) = self
+            .change_call(change, |state, busy| {
+                guard(state)?;
+                rules::invite(state, uids, busy, now)
+            })
+            .await?;
+        let rows = concerned.iter().map(|i| state.rows[*i].clone()).collect();
+        Ok((state.room, rows, finalised))
+    }
+
+    pub async fn end_room(
+        &self,
+        room_name: &str,
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+    ) -> Result<RoomResult, ApiError> {
+        self.room_change(room_name, |state| {
+            guard(state)?;
+            Ok(rules::end(state, now))
+        })
+        .await
+    }
+
+    pub async fn set_room_status(
+        &self,
+        room_name: &str,
+        status: RoomStatus,
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+    ) -> Result<RoomResult, ApiError> {
+        self.room_change(room_name, |state| {
+            guard(state)?;
+            rules::set_room_status(state, status, now)
+        })
+        .await
+    }
+
+    pub(super) async fn room_change(
+        &self,
+        room_name: &str,
+        change: impl Fn(&mut CallState) -> Result<bool, ApiError>,
+    ) -> Result<RoomResult, ApiError> {
+        let spec = Change {
+            room_name,
+            check_busy: &[],
+            live_conflict: None,
+            teardown: true,
+        };
+        let (state, changed, finalised) = self.change_call(spec, |state, _| change(state)).await?;
+        Ok(RoomResult {
+            room: state.room,
+            changed,
+            finalised,
+        })
+    }
+
+    /// The one shape of every call transaction: lock the room and its rows, let a rule change
+    /// them in memory, write back what changed, commit; retried on deadlocks and races.
+    /// Returns the state after the change, the rule's answer and whether the room became final.
+    pub(super) async fn change_call<T>(
+        &self,
+        spec: Change<'_>,
+        rule: impl Fn(&mut CallState, &HashSet<String>) -> Result<T, ApiError>,
+    ) -> Result<(CallState, T, bool), ApiError> {
+        retrying(|| async {
+            let (mut tx, mut state) = self.lock(spec.room_name).await?;
+            let busy = live_uids(&mut tx, spec.check_busy, Some(spec.room_name)).await?;
+            let was_final = state.room.status.is_final();
+            let answer = rule(&mut state, &busy)?;
+            let finalised = !was_final && state.room.status.is_final();
+            if state.is_changed() {
+                match write_back(&mut tx, &mut state).await {
+                    // The uid rings or talks in another call; the database said so.
+                    Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
+                        if let Some(uid) = spec.live_conflict {
+                            let busy_uids = vec![uid.to_owned()];
+                            return Err(ApiError::ParticipantInCall { busy_uids }.into());
+                        }
+                        return Err(err.into());
+                    }
+                    other => other?,
+                }
+                if finalised && spec.teardown && self.teardown {
+                    queue_teardown(&mut tx, &state.room.room_name, state.room.updated_at).await?;
+                }
+                tx.commit().await?;
+            }
+            Ok((state, answer, finalised))
+        })
+        .await
+    }
+
+    /// Begin a transaction holding the room's row and its participant rows.
+    pub(super) async fn lock(&self, room_name: &str) -> Result<(Tx, CallState), TxError> {
+        let mut tx = self.pool.begin().await?;
+        match lock_call(&mut tx, room_name).await? {
+            Some(state) => Ok((tx, state)),
+            None => Err(ApiError::RoomNotFound.into()),
+        }
+    }
+}
+
+/// How one call transaction behaves around its rule.
+pub(super) struct Change<'a> {
+    pub(super) room_name: &'a str,
+    /// uids whose liveness elsewhere the rule needs (invite).
+    pub(super) check_busy: &'a [String],
+    /// A live-row conflict on write means this uid is in another call (join).
+    pub(super) live_conflict: Option<&'a str>,
+    /// Queue a LiveKit DeleteRoom when the room becomes final.
+    pub(super) teardown: bool,
+}

@@ -1,0 +1,435 @@
+//! The store: every read and every transaction, over sqlx.
+//!
+//! One backend per build: MySQL/MariaDB (production, tests) or, with the `embedded`
+//! feature, SQLite for the local main job. The SQL is shared; the few dialect
+//! differences live in [`backend`].
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use sqlx::{QueryBuilder, Row};
+
+use crate::config::ConfigError;
+use crate::error::ApiError;
+use crate::model::{Now, Participant, ParticipantStatus, Room, RoomStatus};
+use crate::rules::{self, Action, CallState};
+
+pub use backend::{Db, MIGRATOR, TEST_URL_EXAMPLE, URL_SCHEMES};
+
+pub type DbPool = sqlx::Pool<Db>;
+type Tx = sqlx::Transaction<'static, Db>;
+
+mod backend;
+mod calls;
+mod sweeps;
+mod webhooks;
+
+pub use webhooks::{WebhookEvent, WebhookKind, WebhookOutcome};
+
+use backend::for_update;
+
+// Short enough that an outage answers 503 well inside the function timeout.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_ATTEMPTS: u32 = 4;
+
+/// The unique keys of the schema, as a constraint violation names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UniqueKey {
+    RoomName,
+    LiveChannel,
+    RoomUid,
+    LiveUid,
+}
+
+pub fn unique_violation(err: &sqlx::Error) -> Option<UniqueKey> {
+    let db = err.as_database_error()?;
+    if db.kind() != sqlx::error::ErrorKind::UniqueViolation {
+        return None;
+    }
+    backend::unique_key(db.message())
+}
+
+/// The database could not be reached or answered in time: 503, and worth trying later.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+    )
+}
+
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    err.as_database_error().is_some_and(backend::is_retryable)
+}
+
+/// A failure inside a transaction: a domain refusal, or a database error that may be retried.
+#[derive(Debug)]
+enum TxError {
+    Api(ApiError),
+    Db(sqlx::Error),
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(err: sqlx::Error) -> Self {
+        TxError::Db(err)
+    }
+}
+
+impl From<ApiError> for TxError {
+    fn from(err: ApiError) -> Self {
+        TxError::Api(err)
+    }
+}
+
+impl TxError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            // A race on a live row: the next attempt sees the winner and answers properly.
+            TxError::Db(err) => {
+                is_retryable(err)
+                    || matches!(
+                        unique_violation(err),
+                        Some(UniqueKey::LiveUid | UniqueKey::RoomUid)
+                    )
+            }
+            TxError::Api(_) => false,
+        }
+    }
+
+    fn into_api(self) -> ApiError {
+        match self {
+            TxError::Api(err) => err,
+            TxError::Db(err) => match unique_violation(&err) {
+                Some(UniqueKey::RoomName) => ApiError::RoomAlreadyExists,
+                _ => ApiError::from(err),
+            },
+        }
+    }
+}
+
+/// Run one transaction attempt again on deadlocks, lock-wait timeouts and live-row races.
+async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, TxError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if tries < MAX_ATTEMPTS && err.is_retryable() => {
+                tracing::warn!(attempt = tries, error = ?err, "retrying transaction");
+                tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+            }
+            Err(err) => return Err(err.into_api()),
+        }
+    }
+}
+
+/// A new room as create asks for it.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    pub source_channel_id: String,
+    pub source_channel_type: i16,
+    pub creator: String,
+    pub room_name: String,
+    pub call_type: i16,
+    pub invite_on: i16,
+    pub max_participants: i32,
+}
+
+/// Filters of the room list; `uid` finds rooms where that uid has any row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoomFilter {
+    pub status: Option<RoomStatus>,
+    pub creator: Option<String>,
+    pub uid: Option<String>,
+    pub source_channel_id: Option<String>,
+}
+
+/// What a participant action left behind.
+#[derive(Debug, Clone)]
+pub struct ActionResult {
+    pub room: Room,
+    pub participant: Participant,
+    pub changed: bool,
+    /// Set when this change moved the room to a final status.
+    pub finalised: bool,
+}
+
+/// A room change (end, status PUT): the room after it and whether it became final now.
+#[derive(Debug, Clone)]
+pub struct RoomResult {
+    pub room: Room,
+    pub changed: bool,
+    pub finalised: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: DbPool,
+    /// Whether final rooms are queued for a LiveKit DeleteRoom (only when LiveKit is configured).
+    teardown: bool,
+}
+
+const ROOM_COLUMNS: &str = "r.id, r.source_channel_id, r.source_channel_type, r.creator, \
+     r.room_name, r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at";
+
+/// A room with all its rows in one round trip; the lock variant starts every call transaction.
+macro_rules! call_query {
+    ($suffix:expr) => {
+        concat!(
+            "SELECT r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
+            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
+            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
+            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, p.updated_at AS p_updated_at ",
+            "FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
+            "WHERE r.room_name = ? ORDER BY p.id",
+            $suffix
+        )
+    };
+}
+
+const LOAD_CALL: &str = call_query!("");
+const LOCK_CALL: &str = call_query!(for_update!());
+
+impl Store {
+    /// Builds the pool without connecting: the first request connects.
+    pub fn connect_lazy(url: &str) -> Result<Self, ConfigError> {
+        let pool = backend::pool(url).map_err(|e| ConfigError::Malformed {
+            name: "DATABASE_URL",
+            reason: e.to_string(),
+        })?;
+        Ok(Store::from_pool(pool))
+    }
+
+    pub fn from_pool(pool: DbPool) -> Self {
+        Store {
+            pool,
+            teardown: false,
+        }
+    }
+
+    pub fn with_teardown(mut self, enabled: bool) -> Self {
+        self.teardown = enabled;
+        self
+    }
+
+    pub fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// A room with its rows, without locks; None when the room does not exist.
+    pub async fn load(&self, room_name: &str) -> Result<Option<CallState>, ApiError> {
+        let rows = sqlx::query(LOAD_CALL)
+            .bind(room_name)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(decode_call(&rows)?)
+    }
+
+    pub async fn list_rooms(
+        &self,
+        filter: &RoomFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Room>, i64), ApiError> {
+        let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM call_room r");
+        push_filter(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        if total <= offset {
+            return Ok((Vec::new(), total));
+        }
+        let mut select = QueryBuilder::<Db>::new(format!("SELECT {ROOM_COLUMNS} FROM call_room r"));
+        push_filter(&mut select, filter);
+        select.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit);
+        select.push(" OFFSET ").push_bind(offset);
+        let rows = select.build().fetch_all(&self.pool).await?;
+        let rooms = rows.iter().map(decode_room).collect::<Result<_, _>>()?;
+        Ok((rooms, total))
+    }
+}
+
+async fn lock_call(tx: &mut Tx, room_name: &str) -> Result<Option<CallState>, sqlx::Error> {
+    let rows = sqlx::query(LOCK_CALL)
+        .bind(room_name)
+        .fetch_all(&mut **tx)
+        .await?;
+    decode_call(&rows)
+}
+
+async fn queue_teardown(
+    tx: &mut Tx,
+    room_name: &str,
+    at: NaiveDateTime,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(backend::INSERT_TEARDOWN)
+        .bind(room_name)
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The uids among `uids` that are live (ringing or joined) in a room other than `except`.
+async fn live_uids(
+    tx: &mut Tx,
+    uids: &[String],
+    except: Option<&str>,
+) -> Result<HashSet<String>, sqlx::Error> {
+    if uids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut query = QueryBuilder::<Db>::new(
+        "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (",
+    );
+    let mut list = query.separated(", ");
+    for uid in uids {
+        list.push_bind(uid.clone());
+    }
+    query.push(")");
+    if let Some(room_name) = except {
+        query
+            .push(" AND room_name <> ")
+            .push_bind(room_name.to_owned());
+    }
+    let found: Vec<String> = query.build_query_scalar().fetch_all(&mut **tx).await?;
+    Ok(found.into_iter().collect())
+}
+
+fn push_filter(query: &mut QueryBuilder<Db>, filter: &RoomFilter) {
+    query.push(" WHERE 1 = 1");
+    if let Some(status) = filter.status {
+        query.push(" AND r.status = ").push_bind(status.code());
+    }
+    if let Some(creator) = &filter.creator {
+        query.push(" AND r.creator = ").push_bind(creator.clone());
+    }
+    if let Some(channel) = &filter.source_channel_id {
+        query
+            .push(" AND r.source_channel_id = ")
+            .push_bind(channel.clone());
+    }
+    if let Some(uid) = &filter.uid {
+        query
+            .push(" AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ")
+            .push_bind(uid.clone())
+            .push(")");
+    }
+}
+
+async fn write_back(tx: &mut Tx, state: &mut CallState) -> Result<(), sqlx::Error> {
+    if state.room_changed() {
+        sqlx::query("UPDATE call_room SET status = ?, updated_at = ? WHERE id = ?")
+            .bind(state.room.status.code())
+            .bind(state.room.updated_at)
+            .bind(state.room.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    write_rows(tx, state).await
+}
+
+async fn write_rows(tx: &mut Tx, state: &mut CallState) -> Result<(), sqlx::Error> {
+    let mut new_ids = Vec::new();
+    for (i, row) in state.changed_rows_indexed() {
+        if row.id == 0 {
+            let result = sqlx::query(
+                "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, \
+                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&row.room_name)
+            .bind(&row.uid)
+            .bind(row.status.code())
+            .bind(row.join_time)
+            .bind(row.leave_time)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .execute(&mut **tx)
+            .await?;
+            new_ids.push((i, backend::last_insert_id(&result)));
+        } else {
+            sqlx::query(
+                "UPDATE call_participant SET status = ?, join_time = ?, leave_time = ?, \
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(row.status.code())
+            .bind(row.join_time)
+            .bind(row.leave_time)
+            .bind(row.updated_at)
+            .bind(row.id)
+            .execute(&mut **tx)
+            .await?;
+        }
+    }
+    for (i, id) in new_ids {
+        state.rows[i].id = id;
+    }
+    Ok(())
+}
+
+type DbRow = <Db as sqlx::Database>::Row;
+
+fn decode_room(row: &DbRow) -> Result<Room, sqlx::Error> {
+    let status: i16 = row.try_get("status")?;
+    Ok(Room {
+        id: row.try_get("id")?,
+        source_channel_id: row.try_get("source_channel_id")?,
+        source_channel_type: row.try_get("source_channel_type")?,
+        creator: row.try_get("creator")?,
+        room_name: row.try_get("room_name")?,
+        call_type: row.try_get("call_type")?,
+        invite_on: row.try_get("invite_on")?,
+        max_participants: row.try_get("max_participants")?,
+        status: RoomStatus::from_code(status.into())
+            .ok_or_else(|| corrupt("room status", status))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn decode_call(rows: &[DbRow]) -> Result<Option<CallState>, sqlx::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let room = decode_room(first)?;
+    let mut participants = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = row.try_get::<Option<i64>, _>("p_id")? else {
+            continue;
+        };
+        let status: i16 = row.try_get("p_status")?;
+        participants.push(Participant {
+            id,
+            room_name: room.room_name.clone(),
+            uid: row.try_get("p_uid")?,
+            status: ParticipantStatus::from_code(status.into())
+                .ok_or_else(|| corrupt("participant status", status))?,
+            join_time: row.try_get("p_join_time")?,
+            leave_time: row.try_get("p_leave_time")?,
+            created_at: row.try_get::<NaiveDateTime, _>("p_created_at")?,
+            updated_at: row.try_get::<NaiveDateTime, _>("p_updated_at")?,
+        });
+    }
+    Ok(Some(CallState::new(room, participants)))
+}
+
+fn corrupt(what: &str, value: i16) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {value} in the database").into())
+}

@@ -1,0 +1,175 @@
+//! LiveKit webhook events, applied in one transaction with their event id.
+
+use super::*;
+
+impl Store {
+    /// Applies one verified LiveKit webhook event. The event id is recorded in the same
+    /// transaction as its effect, so a failed attempt leaves nothing behind and LiveKit's
+    /// retry is processed, while a repeated id changes nothing.
+    pub async fn apply_webhook(
+        &self,
+        event: &WebhookEvent,
+        now: Now,
+    ) -> Result<WebhookOutcome, ApiError> {
+        retrying(|| self.apply_webhook_once(event, now)).await
+    }
+
+    async fn apply_webhook_once(
+        &self,
+        event: &WebhookEvent,
+        now: Now,
+    ) -> Result<WebhookOutcome, TxError> {
+        let mut tx = self.pool.begin().await?;
+        let recorded = sqlx::query("INSERT INTO webhook_event (id, received_at) VALUES (?, ?)")
+            .bind(&event.id)
+            .bind(now.at)
+            .execute(&mut *tx)
+            .await;
+        if let Err(err) = recorded {
+            return match err.as_database_error().map(|e| e.kind()) {
+                Some(sqlx::error::ErrorKind::UniqueViolation) => Ok(WebhookOutcome::Duplicate),
+                _ => Err(err.into()),
+            };
+        }
+        let Some(mut state) = lock_call(&mut tx, &event.room_name).await? else {
+            tx.commit().await?;
+            return Ok(WebhookOutcome::Ignored);
+        };
+        let outcome = match &event.kind {
+            // Unknown uids are acknowledged and ignored.
+            WebhookKind::ParticipantJoined { uid } | WebhookKind::ParticipantLeft { uid }
+                if state.row(uid).is_none() =>
+            {
+                WebhookOutcome::Ignored
+            }
+            WebhookKind::ParticipantJoined { .. } if state.room.status.is_final() => {
+                // A still-valid token reopened a finished room: close it again.
+                if self.teardown {
+                    queue_teardown(&mut tx, &state.room.room_name, now.at).await?;
+                }
+                WebhookOutcome::DeleteAgain
+            }
+            WebhookKind::ParticipantJoined { uid } => {
+                let (elsewhere, finalised) = self
+                    .close_live_elsewhere(&mut tx, uid, &state.room.room_name, now)
+                    .await?;
+                let changed = rules::presence_joined(&mut state, uid, event.created_at, now);
+                if changed {
+                    write_back(&mut tx, &mut state).await?;
+                }
+                if changed || !elsewhere.is_empty() {
+                    WebhookOutcome::Applied {
+                        rooms: elsewhere,
+                        finalised,
+                    }
+                } else {
+                    WebhookOutcome::Ignored
+                }
+            }
+            WebhookKind::ParticipantLeft { uid } => {
+                let was_final = state.room.status.is_final();
+                if rules::presence_left(&mut state, uid, event.created_at, now) {
+                    write_back(&mut tx, &mut state).await?;
+                    let finalised = !was_final && state.room.status.is_final();
+                    if finalised && self.teardown {
+                        queue_teardown(&mut tx, &state.room.room_name, now.at).await?;
+                    }
+                    WebhookOutcome::Applied {
+                        rooms: Vec::new(),
+                        finalised: if finalised {
+                            vec![state.room.room_name.clone()]
+                        } else {
+                            Vec::new()
+                        },
+                    }
+                } else {
+                    WebhookOutcome::Ignored
+                }
+            }
+            WebhookKind::RoomFinished => {
+                // LiveKit already closed the room: no DeleteRoom for this one.
+                if rules::is_stale(state.room.created_at, event.created_at)
+                    || !rules::end(&mut state, now)
+                {
+                    WebhookOutcome::Ignored
+                } else {
+                    write_back(&mut tx, &mut state).await?;
+                    WebhookOutcome::Applied {
+                        rooms: Vec::new(),
+                        finalised: Vec::new(),
+                    }
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// LiveKit saw `uid` join `room_name`: its live row in any other room is closed and that
+    /// room settles. Returns the rooms changed and those it made final (queued for teardown).
+    async fn close_live_elsewhere(
+        &self,
+        tx: &mut Tx,
+        uid: &str,
+        room_name: &str,
+        now: Now,
+    ) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
+        let others: Vec<String> = sqlx::query_scalar(
+            "SELECT room_name FROM call_participant WHERE uid = ? AND status IN (0, 1) AND room_name <> ?",
+        )
+        .bind(uid)
+        .bind(room_name)
+        .fetch_all(&mut **tx)
+        .await?;
+        let (mut changed, mut finalised) = (Vec::new(), Vec::new());
+        for other in others {
+            let Some(mut state) = lock_call(tx, &other).await? else {
+                continue;
+            };
+            let was_final = state.room.status.is_final();
+            if rules::close_elsewhere(&mut state, uid, now) {
+                write_back(tx, &mut state).await?;
+                if !was_final && state.room.status.is_final() {
+                    if self.teardown {
+                        queue_teardown(tx, &other, now.at).await?;
+                    }
+                    finalised.push(other.clone());
+                }
+                changed.push(other);
+            }
+        }
+        Ok((changed, finalised))
+    }
+}
+
+/// A verified LiveKit webhook event, reduced to what the lifecycle needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub room_name: String,
+    /// LiveKit's createdAt, Unix seconds.
+    pub created_at: i64,
+    pub kind: WebhookKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookKind {
+    ParticipantJoined { uid: String },
+    ParticipantLeft { uid: String },
+    RoomFinished,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookOutcome {
+    /// State changed; `rooms` lists other rooms touched, `finalised` rooms to tear down.
+    Applied {
+        rooms: Vec<String>,
+        finalised: Vec<String>,
+    },
+    /// Unknown room or uid, stale or already true: acknowledged, nothing changed.
+    Ignored,
+    /// This event id was processed before.
+    Duplicate,
+    /// The room is final but LiveKit says someone joined: delete the LiveKit room again.
+    DeleteAgain,
+}
