@@ -16,11 +16,10 @@ use crate::i18n::Lang;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A success: the message in both languages and the data.
-pub struct Success {
-    msg: (&'static str, &'static str),
-    data: Value,
-    status: u16,
+/// A success: the envelope with a message in both languages, or a bare body (health).
+pub enum Success {
+    Envelope { msg: msg::Pair, data: Value },
+    Bare { status: u16, body: Value },
 }
 
 /// Success messages; the seed's where it gives one.
@@ -37,24 +36,17 @@ pub mod msg {
     pub const INVITED: Pair = ("邀请参与者成功", "Participants invited");
     pub const PARTICIPANT_STATUS_UPDATED: Pair =
         ("更新参与者状态成功", "Participant status updated");
+    pub const WEBHOOK_HANDLED: Pair = ("事件已处理", "Event handled");
 }
 
 pub fn ok(msg: msg::Pair, data: impl Serialize) -> Result<Success, ApiError> {
     let data = serde_json::to_value(data).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Success {
-        msg,
-        data,
-        status: 200,
-    })
+    Ok(Success::Envelope { msg, data })
 }
 
 /// A bare JSON body (health has no envelope in the seed).
-pub fn raw(status: u16, data: Value) -> Success {
-    Success {
-        msg: ("", ""),
-        data,
-        status,
-    }
+pub fn bare(status: u16, body: Value) -> Success {
+    Success::Bare { status, body }
 }
 
 /// Runs a handler body inside a span with the function's name, then shapes and logs the reply.
@@ -83,18 +75,14 @@ where
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _entered = span.enter();
     let (status, body, retry_after) = match outcome {
-        Ok(success) if success.msg.0.is_empty() => (success.status, success.data, None),
-        Ok(success) => {
-            let msg = match lang {
-                Lang::Zh => success.msg.0,
-                Lang::En => success.msg.1,
-            };
-            tracing::info!(status = success.status, elapsed_ms, "ok");
-            (
-                success.status,
-                json!({ "code": 0, "msg": msg, "data": success.data }),
-                None,
-            )
+        Ok(Success::Bare { status, body }) => {
+            tracing::info!(status, elapsed_ms, "ok");
+            (status, body, None)
+        }
+        Ok(Success::Envelope { msg, data }) => {
+            tracing::info!(status = 200, elapsed_ms, "ok");
+            let msg = lang.pick(msg.0, msg.1);
+            (200, json!({ "code": 0, "msg": msg, "data": data }), None)
         }
         Err(err) => {
             let status = err.status();

@@ -3,7 +3,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::http::{MAX_BODY_BYTES, header, note, raw, respond};
+use crate::http::{MAX_BODY_BYTES, header, msg, note, ok, respond};
 use crate::livekit::lifecycle_event;
 use crate::model::Now;
 use crate::store::WebhookOutcome;
@@ -20,10 +20,7 @@ pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, 
             .livekit
             .verify_webhook(body, header(&req, "authorization"))?;
         let Some(event) = lifecycle_event(&event) else {
-            return Ok(raw(
-                200,
-                json!({ "code": 0, "msg": "ok", "data": { "outcome": "ignored" } }),
-            ));
+            return ok(msg::WEBHOOK_HANDLED, json!({ "outcome": "ignored" }));
         };
         note(&event.room_name, None);
         let outcome = if app.cache.webhook_seen(&event.id).await {
@@ -52,10 +49,7 @@ pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, 
             WebhookOutcome::Duplicate => "duplicate",
         };
         tracing::info!(event_id = %event.id, outcome = label, "webhook");
-        Ok(raw(
-            200,
-            json!({ "code": 0, "msg": "ok", "data": { "outcome": label } }),
-        ))
+        ok(msg::WEBHOOK_HANDLED, json!({ "outcome": label }))
     })
     .await
 }
