@@ -20,10 +20,14 @@ mod mysql {
     pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
         let options: MySqlConnectOptions = url.parse()?;
         // One Lambda serves one request at a time: a small pool, connected on first use.
+        // No COM_PING before every acquire (a round trip per query); a connection that died
+        // while the function was frozen fails its first query, which is retried once.
         Ok(MySqlPoolOptions::new()
             .max_connections(2)
             .min_connections(0)
             .acquire_timeout(crate::store::ACQUIRE_TIMEOUT)
+            .idle_timeout(crate::store::IDLE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_lazy_with(options))
     }
 
@@ -81,6 +85,7 @@ mod sqlite {
         Ok(SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(crate::store::ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_lazy_with(options))
     }
 

@@ -33,6 +33,8 @@ use backend::for_update;
 // Short enough that an outage answers 503 well inside the function timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 4;
+/// Connections idle longer than this are reopened rather than trusted.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The unique keys of the schema, as a constraint violation names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +104,12 @@ impl TxError {
         }
     }
 
+    /// The connection broke under us (closed while the function was frozen, or a failover):
+    /// worth one more attempt on a fresh connection.
+    fn is_broken_connection(&self) -> bool {
+        matches!(self, TxError::Db(sqlx::Error::Io(_)))
+    }
+
     fn into_api(self) -> ApiError {
         match self {
             TxError::Api(err) => err,
@@ -124,7 +132,10 @@ where
         tries += 1;
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(err) if tries < MAX_ATTEMPTS && err.is_retryable() => {
+            Err(err)
+                if tries < MAX_ATTEMPTS
+                    && (err.is_retryable() || (tries == 1 && err.is_broken_connection())) =>
+            {
                 tracing::warn!(attempt = tries, error = ?err, "retrying transaction");
                 tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
             }
@@ -237,11 +248,14 @@ impl Store {
 
     /// A room with its rows, without locks; None when the room does not exist.
     pub async fn load(&self, room_name: &str) -> Result<Option<CallState>, ApiError> {
-        let rows = sqlx::query(LOAD_CALL)
-            .bind(room_name)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(decode_call(&rows)?)
+        retrying(|| async {
+            let rows = sqlx::query(LOAD_CALL)
+                .bind(room_name)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(decode_call(&rows)?)
+        })
+        .await
     }
 
     pub async fn list_rooms(
@@ -250,6 +264,15 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Room>, i64), ApiError> {
+        retrying(|| self.list_rooms_once(filter, limit, offset)).await
+    }
+
+    async fn list_rooms_once(
+        &self,
+        filter: &RoomFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<Room>, i64), TxError> {
         let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM call_room r");
         push_filter(&mut count, filter);
         let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
