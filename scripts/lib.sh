@@ -14,4 +14,11 @@ ensure_venv() {
     export PATH="$VENV/bin:$PATH"
 }
 
+# The Rust standard library for arm64 Lambda builds (cargo lambda build --arm64 links with zig).
+ensure_arm64_target() {
+    if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+        rustup target add aarch64-unknown-linux-gnu
+    fi
+}
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every check and test: formatting, lints (both backends), unit, store, cache and handler
-# tests on the real MariaDB and Redis (and again on the embedded SQLite backend), then the
-# end-to-end run of the local main job over HTTP with the LiveKit token cross-check.
+# tests on the real MariaDB and Redis (and again on the embedded SQLite backend), the
+# deployment checks (template, workflows, their agreement with the workspace, one arm64
+# release cross-build), then the end-to-end run of the local main job over HTTP with the
+# LiveKit token cross-check.
 # Starts MariaDB and Redis when they are not running; a service that cannot be reached fails.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -52,5 +54,29 @@ cargo test --workspace
 log "cargo test on the embedded SQLite backend"
 cargo test -p call-shared --features embedded
 
+# ---- Deployment: template, workflows, their agreement with the workspace, arm64 build ----
+# cfn-lint with the serverless rules (the venv's, pinned; never a global one), the workflows
+# against GitHub's published schema (actionlint itself runs in the GitHub workflow: its PyPI
+# package downloads the binary from GitHub while installing), the template/router/crate
+# consistency check and its tests, then one arm64 release cross-build (zig), so a broken
+# cross toolchain fails here rather than in the deploy.
+log "deploy: cfn-lint template.yaml (serverless rules)"
+"$VENV/bin/cfn-lint" --template template.yaml --append-rules cfn_lint_serverless.rules
+log "deploy: workflow schema"
+"$VENV/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+log "deploy: template, Cargo.toml router and functions/ agree"
+"$VENV/bin/python" scripts/check_deploy_config.py
+"$VENV/bin/python" -m pytest tests/deploy -q
+log "deploy: arm64 release cross-build (health)"
+ensure_arm64_target
+"$VENV/bin/cargo-lambda" lambda build --release --arm64 --output-format zip -p health
+ls -l target/lambda/health/bootstrap.zip
+
 log "end-to-end: the local main job over HTTP"
 python -m pytest tests/e2e -q
+
+# Benchmark harness smoke run: every phase of scripts/bench.sh once, with tiny counts on the
+# debug build and no thresholds, so a broken harness fails here; its report goes to a
+# temporary file and BENCHMARKS.md is left alone.
+log "benchmark harness smoke run"
+BENCH_MYSQL_URL="$DATABASE_URL" BENCH_REDIS_URL="$TEST_REDIS_URL" scripts/bench.sh --smoke

@@ -24,18 +24,12 @@ pub enum Limited {
 }
 
 impl App {
-    /// Reads the configuration and builds clients without touching the network: the database
-    /// and Redis connect on first use, so a cold start stays in the low milliseconds.
-    pub async fn from_env() -> Result<App, ConfigError> {
-        let config = Config::from_env()?;
-        if config.secrets_arn.is_some() {
-            return Err(ConfigError::Malformed {
-                name: "SECRETS_ARN",
-                reason: "loading secrets from Secrets Manager is not available in this build"
-                    .into(),
-            });
-        }
-        App::new(config)
+    /// Reads the configuration (and the SECRETS_ARN secret, the one network call of a cold
+    /// start when set) and builds clients without touching the network: the database and Redis
+    /// connect on first use, so a cold start without a secret stays in the low milliseconds.
+    pub async fn from_env() -> Result<App, crate::secrets::InitError> {
+        let config = crate::secrets::config_from_env().await?;
+        Ok(App::new(config)?)
     }
 
     pub fn new(config: Config) -> Result<App, ConfigError> {

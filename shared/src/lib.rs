@@ -11,6 +11,7 @@ pub mod i18n;
 pub mod livekit;
 pub mod model;
 pub mod rules;
+pub mod secrets;
 pub mod store;
 pub mod sweeper;
 pub mod telemetry;

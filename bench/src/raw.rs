@@ -1,0 +1,402 @@
+//! The raw I/O each endpoint needs, and nothing else: the same SQL text with the same bind
+//! types the store sends (shared/src/store), the same Redis commands the cache sends
+//! (shared/src/cache.rs), over one connection each, with no HTTP, auth, JSON envelope or
+//! runtime. An endpoint's latency divided by this is the overhead the service adds.
+//!
+//! The SQL is copied, not imported (the store keeps it private); a test below fails when the
+//! store's text changes, and the round-trip phase compares statement counts at run time.
+//! The comments name the store function each step mirrors.
+
+use call_shared::cache::CachedRoom;
+use call_shared::model::{Now, Room, RoomStatus};
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use sqlx::mysql::{MySqlConnection, MySqlRow};
+use sqlx::{Connection, Row};
+
+pub const KEY_PREFIX: &str = "callsvc:room:";
+const RATE_PREFIX: &str = "callsvc:rl:";
+
+macro_rules! call_query {
+    ($suffix:expr) => {
+        concat!(
+            "SELECT r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
+            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
+            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
+            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, p.updated_at AS p_updated_at ",
+            "FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
+            "WHERE r.room_name = ? ORDER BY p.id",
+            $suffix
+        )
+    };
+}
+
+pub const LOAD_CALL: &str = call_query!("");
+pub const LOCK_CALL: &str = call_query!(" FOR UPDATE");
+pub const LIVE_UIDS_ONE: &str =
+    "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (?)";
+pub const INSERT_ROOM: &str = "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
+     call_type, invite_on, max_participants, status, created_at, updated_at) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub const INSERT_PARTICIPANT: &str = "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, \
+                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)";
+pub const UPDATE_ROOM: &str = "UPDATE call_room SET status = ?, updated_at = ? WHERE id = ?";
+pub const UPDATE_PARTICIPANT: &str = "UPDATE call_participant SET status = ?, join_time = ?, leave_time = ?, \
+                 updated_at = ? WHERE id = ?";
+const ROOM_COLUMNS: &str = "r.id, r.source_channel_id, r.source_channel_type, r.creator, \
+     r.room_name, r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at";
+pub const UID_FILTER: &str = " WHERE 1 = 1 AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ?)";
+
+/// A participant row as the lock query returns it.
+#[derive(Debug, Clone)]
+pub struct Row3 {
+    pub id: i64,
+    pub uid: String,
+    pub join_time: i64,
+}
+
+pub struct Raw {
+    db: MySqlConnection,
+    redis: ConnectionManager,
+    /// Whether the functions count create and join against Redis rate limits.
+    rate_limits: bool,
+}
+
+fn decode(rows: &[MySqlRow]) -> Result<Option<(Room, Vec<Row3>)>, sqlx::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let room = decode_room(first)?;
+    let mut parts = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = row.try_get::<Option<i64>, _>("p_id")? else {
+            continue;
+        };
+        let _status: i16 = row.try_get("p_status")?;
+        let _leave: i64 = row.try_get("p_leave_time")?;
+        let _created: chrono::NaiveDateTime = row.try_get("p_created_at")?;
+        let _updated: chrono::NaiveDateTime = row.try_get("p_updated_at")?;
+        parts.push(Row3 {
+            id,
+            uid: row.try_get("p_uid")?,
+            join_time: row.try_get("p_join_time")?,
+        });
+    }
+    Ok(Some((room, parts)))
+}
+
+fn decode_room(row: &MySqlRow) -> Result<Room, sqlx::Error> {
+    let status: i16 = row.try_get("status")?;
+    Ok(Room {
+        id: row.try_get("id")?,
+        source_channel_id: row.try_get("source_channel_id")?,
+        source_channel_type: row.try_get("source_channel_type")?,
+        creator: row.try_get("creator")?,
+        room_name: row.try_get("room_name")?,
+        call_type: row.try_get("call_type")?,
+        invite_on: row.try_get("invite_on")?,
+        max_participants: row.try_get("max_participants")?,
+        status: RoomStatus::from_code(status.into())
+            .ok_or_else(|| sqlx::Error::Decode("room status".into()))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+type Res<T> = Result<T, String>;
+
+fn db(e: sqlx::Error) -> String {
+    format!("raw SQL: {e}")
+}
+
+fn rd(e: redis::RedisError) -> String {
+    format!("raw Redis: {e}")
+}
+
+impl Raw {
+    pub async fn connect(database_url: &str, redis_url: &str, rate_limits: bool) -> Res<Raw> {
+        let db_conn = MySqlConnection::connect(database_url).await.map_err(db)?;
+        let client = redis::Client::open(redis_url).map_err(rd)?;
+        let redis = ConnectionManager::new(client).await.map_err(rd)?;
+        Ok(Raw {
+            db: db_conn,
+            redis,
+            rate_limits,
+        })
+    }
+
+    /// The per-uid rate-limit counter (one pipelined MULTI/INCR/EXPIRE/EXEC), when limits are on.
+    async fn count_request(&mut self, bucket: &str, uid: &str) -> Res<()> {
+        if !self.rate_limits {
+            return Ok(());
+        }
+        let window = chrono::Utc::now().timestamp().max(0) / 60;
+        let key = format!("{RATE_PREFIX}{bucket}:{uid}:{window}");
+        let (_count,): (u64,) = redis::pipe()
+            .atomic()
+            .incr(&key, 1u64)
+            .expire(&key, 61)
+            .ignore()
+            .query_async(&mut self.redis)
+            .await
+            .map_err(rd)?;
+        Ok(())
+    }
+
+    /// create-room without invitees: the creator's liveness check, the room, the creator's row.
+    pub async fn create(&mut self, room_name: &str, creator: &str, now: Now) -> Res<()> {
+        self.count_request("create", creator).await?;
+        let mut tx = self.db.begin().await.map_err(db)?;
+        let busy: Vec<String> = sqlx::query_scalar(LIVE_UIDS_ONE)
+            .bind(creator.to_owned())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        if !busy.is_empty() {
+            return Err(format!("raw create: {creator} is live elsewhere"));
+        }
+        sqlx::query(INSERT_ROOM)
+            .bind("")
+            .bind(0i16)
+            .bind(creator)
+            .bind(room_name)
+            .bind(1i16)
+            .bind(0i16)
+            .bind(2i32)
+            .bind(RoomStatus::NotStarted.code())
+            .bind(now.at)
+            .bind(now.at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        insert_participant(&mut tx, room_name, creator, now).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    /// get-room, cache miss: GET (nil), the room with its rows, SET EX of the cached copy.
+    pub async fn get_miss(&mut self, room_name: &str) -> Res<()> {
+        let key = format!("{KEY_PREFIX}{room_name}");
+        let cached: Option<String> = self.redis.get(&key).await.map_err(rd)?;
+        if cached.is_some() {
+            return Err(format!("raw get: {room_name} was already cached"));
+        }
+        let rows = sqlx::query(LOAD_CALL)
+            .bind(room_name)
+            .fetch_all(&mut self.db)
+            .await
+            .map_err(db)?;
+        let (room, parts) = decode(&rows)
+            .map_err(db)?
+            .ok_or_else(|| format!("raw get: no room {room_name}"))?;
+        let cached = CachedRoom {
+            members: parts.into_iter().map(|p| p.uid).collect(),
+            room,
+        };
+        let text = serde_json::to_string(&cached).map_err(|e| e.to_string())?;
+        self.redis
+            .set_ex::<_, _, ()>(&key, text, 30)
+            .await
+            .map_err(rd)
+    }
+
+    /// get-room, cache hit: one GET and the decode of the cached copy.
+    pub async fn get_hit(&mut self, room_name: &str) -> Res<()> {
+        let key = format!("{KEY_PREFIX}{room_name}");
+        let cached: Option<String> = self.redis.get(&key).await.map_err(rd)?;
+        let text = cached.ok_or_else(|| format!("raw get: {room_name} not cached"))?;
+        let _room: CachedRoom = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// join-room of a second uid into a room at 0: lock, room to 1, the new row, DEL.
+    pub async fn join(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
+        self.count_request("join", uid).await?;
+        let mut tx = self.db.begin().await.map_err(db)?;
+        let rows = sqlx::query(LOCK_CALL)
+            .bind(room_name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        let (room, _) = decode(&rows)
+            .map_err(db)?
+            .ok_or_else(|| format!("raw join: no room {room_name}"))?;
+        update_room(&mut tx, room.id, RoomStatus::InProgress, now).await?;
+        insert_participant(&mut tx, room_name, uid, now).await?;
+        tx.commit().await.map_err(db)?;
+        self.forget(room_name).await
+    }
+
+    /// list-rooms as a user: the count, then the page.
+    pub async fn list(&mut self, uid: &str) -> Res<()> {
+        let count_sql = format!("SELECT COUNT(*) FROM call_room r{UID_FILTER}");
+        let select_sql = format!(
+            "SELECT {ROOM_COLUMNS} FROM call_room r{UID_FILTER} ORDER BY r.id DESC LIMIT ? OFFSET ?"
+        );
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
+            .bind(uid.to_owned())
+            .fetch_one(&mut self.db)
+            .await
+            .map_err(db)?;
+        if total == 0 {
+            return Err(format!("raw list: no rooms for {uid}"));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(select_sql))
+            .bind(uid.to_owned())
+            .bind(10i64)
+            .bind(0i64)
+            .fetch_all(&mut self.db)
+            .await
+            .map_err(db)?;
+        for row in &rows {
+            decode_room(row).map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// leave-room of the second uid: lock, the room ends, both rows to hung up, DEL.
+    pub async fn leave(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
+        let mut tx = self.db.begin().await.map_err(db)?;
+        let rows = sqlx::query(LOCK_CALL)
+            .bind(room_name)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        let (room, parts) = decode(&rows)
+            .map_err(db)?
+            .ok_or_else(|| format!("raw leave: no room {room_name}"))?;
+        update_room(&mut tx, room.id, RoomStatus::Ended, now).await?;
+        // The leaver first, then the one left behind, as the settle rule changes them.
+        let mut ordered = parts.clone();
+        ordered.sort_by_key(|p| p.uid != uid);
+        for p in ordered {
+            sqlx::query(UPDATE_PARTICIPANT)
+                .bind(3i16)
+                .bind(p.join_time)
+                .bind(now.ms)
+                .bind(now.at)
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.forget(room_name).await
+    }
+
+    async fn forget(&mut self, room_name: &str) -> Res<()> {
+        let key = format!("{KEY_PREFIX}{room_name}");
+        self.redis.del::<_, ()>(&key).await.map_err(rd)
+    }
+}
+
+async fn insert_participant(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    room_name: &str,
+    uid: &str,
+    now: Now,
+) -> Res<()> {
+    sqlx::query(INSERT_PARTICIPANT)
+        .bind(room_name)
+        .bind(uid)
+        .bind(1i16)
+        .bind(now.ms)
+        .bind(0i64)
+        .bind(now.at)
+        .bind(now.at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+async fn update_room(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    id: i64,
+    status: RoomStatus,
+    now: Now,
+) -> Res<()> {
+    sqlx::query(UPDATE_ROOM)
+        .bind(status.code())
+        .bind(now.at)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store's source, whatever its module layout (`store.rs` or `store/*.rs`).
+    fn store_source() -> String {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src");
+        let mut files = vec![src.join("store.rs")];
+        if let Ok(dir) = std::fs::read_dir(src.join("store")) {
+            files.extend(dir.flatten().map(|e| e.path()));
+        }
+        let text: String = files
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .collect();
+        assert!(!text.is_empty(), "shared/src/store not found");
+        text
+    }
+
+    fn cache_source() -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src/cache.rs");
+        std::fs::read_to_string(path).expect("shared/src/cache.rs")
+    }
+
+    /// Whitespace-insensitive containment, since the store splits long strings over lines.
+    fn has(haystack: &str, needle: &str) -> bool {
+        let squash = |s: &str| {
+            s.replace("\\\n", " ")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        squash(haystack).contains(&squash(needle))
+    }
+
+    #[test]
+    fn the_raw_sql_is_the_stores_sql() {
+        let store = store_source();
+        for piece in [
+            "SELECT r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
+            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
+            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
+            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, p.updated_at AS p_updated_at ",
+            "FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
+            "WHERE r.room_name = ? ORDER BY p.id",
+            "\" FOR UPDATE\"",
+            "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (",
+            INSERT_ROOM,
+            INSERT_PARTICIPANT,
+            UPDATE_ROOM,
+            UPDATE_PARTICIPANT,
+            ROOM_COLUMNS,
+            "SELECT COUNT(*) FROM call_room r",
+            " WHERE 1 = 1",
+            " AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ",
+            " ORDER BY r.id DESC LIMIT ",
+            " OFFSET ",
+        ] {
+            assert!(has(&store, piece), "the store no longer sends {piece:?}");
+        }
+    }
+
+    #[test]
+    fn the_cache_key_is_the_caches_key() {
+        let cache = cache_source();
+        assert!(has(&cache, "const KEY_PREFIX: &str = \"callsvc:\";"));
+        assert!(has(&cache, "format!(\"{KEY_PREFIX}room:{room_name}\")"));
+        assert!(has(&cache, "const ROOM_TTL_SECS: u64 = 30;"));
+        assert!(has(
+            &cache,
+            "format!(\"{KEY_PREFIX}rl:{bucket}:{uid}:{window}\")"
+        ));
+        assert!(has(&cache, ".incr(&key, 1u64) .expire(&key, 61)"));
+    }
+}

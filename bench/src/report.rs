@@ -1,0 +1,830 @@
+//! BENCHMARKS.md: the figures, the machine, the command, and DESIGN's targets beside them.
+
+use std::fmt::Write as _;
+
+use crate::Options;
+use crate::gateway::LoadRun;
+use crate::stats::{Summary, fmt_us, summarize};
+
+/// DESIGN "Performance targets".
+pub const SIZE_LIMIT_BYTES: u64 = 5_000_000;
+pub const INIT_LIMIT_US: f64 = 3000.0;
+pub const RSS_LIMIT_BYTES: u64 = 12_000_000;
+pub const RATIO_LIMIT: f64 = 1.5;
+pub const JOIN_STATEMENT_LIMIT: u64 = 5;
+
+#[derive(Debug, Clone)]
+pub struct WarmRow {
+    pub step: String,
+    pub endpoint: Summary,
+    pub raw: Summary,
+    /// The handler's own `elapsed_ms`, from its log line.
+    pub handler: Option<Summary>,
+}
+
+impl WarmRow {
+    pub fn ratio(&self) -> f64 {
+        self.endpoint.median / self.raw.median
+    }
+}
+
+/// What the path costs without I/O.
+#[derive(Debug, Clone)]
+pub struct Floors {
+    /// get-room with an invalid name: auth, validation, error envelope, end to end.
+    pub end_to_end: Summary,
+    /// The same request as its handler logs it.
+    pub in_handler: Option<Summary>,
+    /// The Runtime API hand-over alone, to a stand-in function in the harness.
+    pub hand_over: Summary,
+}
+
+#[derive(Debug, Clone)]
+pub struct CountRow {
+    pub step: String,
+    /// (min, max) over the counted rounds.
+    pub questions: (u64, u64),
+    pub statements: (u64, u64),
+    pub pings: (u64, u64),
+    pub prepares: (u64, u64),
+    pub round_trips: (u64, u64),
+    pub raw_statements: (u64, u64),
+    pub redis: (u64, u64),
+    pub raw_redis: (u64, u64),
+    /// Mean per request, by MySQL command.
+    pub commands: Vec<(String, f64)>,
+    pub own_cost: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemoryRow {
+    pub function: String,
+    pub hwm_kib: u64,
+    pub rss_kib: u64,
+    pub invocations: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+}
+
+impl Machine {
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let mem_kib: f64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            cpu: cpuinfo
+                .lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
+                .unwrap_or_else(|| "unknown".to_owned()),
+            cores: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(0),
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+pub struct Results {
+    pub smoke: bool,
+    pub date: String,
+    pub command: String,
+    pub build_secs: Option<f64>,
+    pub bin_dir: String,
+    pub machine: Machine,
+    pub rustc: String,
+    pub git: String,
+    pub mariadb: String,
+    pub redis: String,
+    pub starts: usize,
+    pub warmup: usize,
+    pub rounds: usize,
+    pub count_rounds: usize,
+    pub workers: usize,
+    pub cycles: usize,
+    pub time_limit_secs: u64,
+    pub functions: usize,
+    pub sizes: Vec<(String, u64, Option<u64>)>,
+    pub spawn_floor: Option<Summary>,
+    pub init: Vec<(String, Summary)>,
+    pub warm: Vec<WarmRow>,
+    pub runtime_floor: Option<Floors>,
+    pub memory: Vec<MemoryRow>,
+    pub counts: Vec<CountRow>,
+    pub load: Option<LoadRun>,
+    pub load_memory: Vec<MemoryRow>,
+    pub leftovers: Option<i64>,
+    pub elapsed_secs: f64,
+    /// 1/5/15-minute load averages at the start and the end: other work on the machine.
+    pub load_avg: (String, String),
+    started: std::time::Instant,
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn command_output(program: &str, args: &[&str], dir: &std::path::Path) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl Results {
+    pub fn new(opts: &Options, functions: &[String]) -> Results {
+        let commit = command_output("git", &["rev-parse", "--short", "HEAD"], &opts.root);
+        let dirty = !command_output("git", &["status", "--porcelain"], &opts.root).is_empty();
+        Results {
+            smoke: opts.smoke,
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+            command: opts.command.clone(),
+            build_secs: opts.build_secs,
+            bin_dir: opts
+                .bin_dir
+                .strip_prefix(&opts.root)
+                .unwrap_or(&opts.bin_dir)
+                .display()
+                .to_string(),
+            machine: Machine::detect(),
+            rustc: command_output("rustc", &["-V"], &opts.root),
+            git: if dirty {
+                format!("{commit} with uncommitted changes")
+            } else {
+                commit
+            },
+            mariadb: String::new(),
+            redis: String::new(),
+            starts: opts.starts,
+            warmup: opts.warmup,
+            rounds: opts.rounds,
+            count_rounds: opts.count_rounds,
+            workers: opts.workers,
+            cycles: opts.cycles,
+            time_limit_secs: opts.time_limit.as_secs(),
+            functions: functions.len(),
+            sizes: Vec::new(),
+            spawn_floor: None,
+            init: Vec::new(),
+            warm: Vec::new(),
+            runtime_floor: None,
+            memory: Vec::new(),
+            counts: Vec::new(),
+            load: None,
+            load_memory: Vec::new(),
+            leftovers: None,
+            elapsed_secs: 0.0,
+            load_avg: (load_avg(), String::new()),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.elapsed_secs = self.started.elapsed().as_secs_f64();
+        self.load_avg.1 = load_avg();
+    }
+
+    fn count(&self, step: &str) -> Option<&CountRow> {
+        self.counts.iter().find(|c| c.step == step)
+    }
+
+    /// Every target with its figure and whether it is met.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        let largest = self
+            .sizes
+            .iter()
+            .map(|(f, size, stripped)| (f, stripped.unwrap_or(*size)))
+            .max_by_key(|(_, s)| *s);
+        if let Some((f, bytes)) = largest {
+            out.push(Verdict::new(
+                "every function binary ≤ 5 MB stripped (arm64)",
+                format!(
+                    "largest: {f} {} stripped, x86_64 (arm64 is measured by the cross build)",
+                    mib(bytes)
+                ),
+                bytes <= SIZE_LIMIT_BYTES,
+            ));
+        }
+        if let Some((f, s)) = self
+            .init
+            .iter()
+            .max_by(|a, b| a.1.median.total_cmp(&b.1.median))
+        {
+            let worst_max = self.init.iter().map(|(_, s)| s.max).fold(0.0, f64::max);
+            out.push(Verdict::new(
+                "init ≤ 3 ms (exec → first runtime poll)",
+                format!(
+                    "slowest median: {f} {} (max of any start {})",
+                    fmt_us(s.median),
+                    fmt_us(worst_max)
+                ),
+                s.median <= INIT_LIMIT_US,
+            ));
+        }
+        let peak = self
+            .memory
+            .iter()
+            .chain(&self.load_memory)
+            .max_by_key(|m| m.hwm_kib);
+        if let Some(m) = peak {
+            out.push(Verdict::new(
+                "peak RSS ≤ 12 MB",
+                format!("highest VmHWM: {} {}", m.function, mb(m.hwm_kib * 1024)),
+                m.hwm_kib * 1024 <= RSS_LIMIT_BYTES,
+            ));
+        }
+        for w in &self.warm {
+            out.push(Verdict::new(
+                &format!("{} ≤ 1.5× its raw I/O", step_title(&w.step)),
+                format!(
+                    "{:.2}× ({} vs {} raw, medians)",
+                    w.ratio(),
+                    fmt_us(w.endpoint.median),
+                    fmt_us(w.raw.median)
+                ),
+                w.ratio() <= RATIO_LIMIT,
+            ));
+        }
+        if let Some(c) = self.count("gethit") {
+            out.push(Verdict::new(
+                "get-room from cache: 0 database round trips",
+                format!(
+                    "{} round trips, {} statements",
+                    span(c.round_trips),
+                    span(c.questions)
+                ),
+                c.round_trips.1 == 0 && c.questions.0 == 0,
+            ));
+        }
+        if let Some(c) = self.count("getmiss") {
+            out.push(Verdict::new(
+                "get-room uncached: 1 database round trip",
+                format!(
+                    "{} round trips: {} statement(s) + {} pool ping(s)",
+                    span(c.round_trips),
+                    span(c.statements),
+                    span(c.pings)
+                ),
+                c.round_trips.1 <= 1,
+            ));
+        }
+        if let Some(c) = self.count("join") {
+            out.push(Verdict::new(
+                "join ≤ 5 statements including BEGIN and COMMIT",
+                format!(
+                    "{} statements ({} round trips with pool pings)",
+                    span(c.statements),
+                    span(c.round_trips)
+                ),
+                c.statements.1 <= JOIN_STATEMENT_LIMIT && c.questions.0 <= JOIN_STATEMENT_LIMIT,
+            ));
+        }
+        if let Some(load) = &self.load {
+            out.push(Verdict::new(
+                "concurrent cycles: zero errors",
+                format!(
+                    "{} errors in {} requests ({} cycles, {} workers)",
+                    load.errors, load.requests, load.cycles, self.workers
+                ),
+                load.errors == 0 && self.leftovers == Some(0) && !load.timed_out,
+            ));
+        }
+        out
+    }
+}
+
+pub struct Verdict {
+    pub target: String,
+    pub figure: String,
+    pub met: bool,
+}
+
+impl Verdict {
+    fn new(target: &str, figure: String, met: bool) -> Verdict {
+        Verdict {
+            target: target.to_owned(),
+            figure,
+            met,
+        }
+    }
+}
+
+fn step_title(step: &str) -> &'static str {
+    match step {
+        "create" => "create-room",
+        "getmiss" => "get-room (cache miss)",
+        "gethit" => "get-room (cache hit)",
+        "join" => "join-room",
+        "list" => "list-rooms",
+        "leave" => "leave-room",
+        "floor" => "get-room, invalid name (no I/O)",
+        _ => "?",
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / 1024.0 / 1024.0)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn span((lo, hi): (u64, u64)) -> String {
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}–{hi}")
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "**missed**" }
+}
+
+/// The summary the command prints when it finishes.
+pub fn summary_text(r: &Results) -> String {
+    let mut s = String::new();
+    for v in r.verdicts() {
+        let _ = writeln!(
+            s,
+            "  [{}] {}: {}",
+            if v.met { "met" } else { "MISSED" },
+            v.target,
+            v.figure
+        );
+    }
+    s
+}
+
+pub fn render(r: &Results) -> String {
+    let mut s = String::new();
+    let w = &mut s;
+    let _ = writeln!(w, "# Benchmarks\n");
+    if r.smoke {
+        let _ = writeln!(
+            w,
+            "**Smoke run** (tiny counts, debug binaries): proves the harness works; the figures \
+             mean nothing.\n"
+        );
+    }
+    let _ = writeln!(
+        w,
+        "Written by `{}` on {}; rerun it to refresh this file (do not edit by hand).\n",
+        r.command, r.date
+    );
+    let _ = writeln!(w, "## Targets (DESIGN \"Performance targets\")\n");
+    let _ = writeln!(w, "| target | this run | |\n|---|---|---|");
+    for v in r.verdicts() {
+        let _ = writeln!(w, "| {} | {} | {} |", v.target, v.figure, met(v.met));
+    }
+
+    let _ = writeln!(w, "\n## Machine and build\n");
+    let m = &r.machine;
+    let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(w, "| CPU | {} |", m.cpu);
+    let _ = writeln!(w, "| cores | {} |", m.cores);
+    let _ = writeln!(w, "| memory | {:.1} GiB |", m.memory_gib);
+    let _ = writeln!(w, "| kernel | Linux {} |", m.kernel);
+    let _ = writeln!(w, "| MariaDB | {} (127.0.0.1, TLS off) |", r.mariadb);
+    let _ = writeln!(w, "| Redis | {} (127.0.0.1) |", r.redis);
+    let _ = writeln!(w, "| rustc | {} |", r.rustc);
+    let _ = writeln!(w, "| commit | {} |", r.git);
+    let _ = writeln!(
+        w,
+        "| binaries | `{}` ({} functions) |",
+        r.bin_dir, r.functions
+    );
+    if let Some(secs) = r.build_secs {
+        let _ = writeln!(
+            w,
+            "| build step of this run | {secs:.0} s (incremental: only what changed is rebuilt) |"
+        );
+    }
+    let _ = writeln!(w, "| measuring | {:.0} s |", r.elapsed_secs);
+    let _ = writeln!(
+        w,
+        "| load average (1/5/15 min) | {} at the start, {} at the end (other work on the machine) |",
+        r.load_avg.0, r.load_avg.1
+    );
+    let _ = writeln!(
+        w,
+        "\nCommand: `{}` (release build, then every phase below). The test command runs \
+         `scripts/bench.sh --smoke` (tiny counts, debug build, output to a temporary file).",
+        r.command
+    );
+
+    render_sizes(w, r);
+    render_init(w, r);
+    render_warm(w, r);
+    render_counts(w, r);
+    render_memory(w, r);
+    render_load(w, r);
+    render_notes(w, r);
+    s
+}
+
+fn render_sizes(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 1. Binary size\n");
+    if r.sizes.is_empty() {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "Release profile (`opt-level = \"s\"`, fat LTO, one codegen unit, `panic = \"abort\"`, \
+         symbols stripped), native x86_64. The deployed arm64 binaries are cross-built by \
+         `cargo lambda build --release --arm64` and measured there; DESIGN's floor puts them \
+         about 16% below x86_64 (3.7 vs 4.4 MiB). Target: ≤ 5 MB (5,000,000 bytes).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| function | file | after `strip --strip-all` | ≤ 5 MB |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---|");
+    for (f, size, stripped) in &r.sizes {
+        let effective = stripped.unwrap_or(*size);
+        let _ = writeln!(
+            w,
+            "| {f} | {} | {} | {} |",
+            mib(*size),
+            stripped
+                .map(mib)
+                .unwrap_or_else(|| "strip unavailable".into()),
+            met(effective <= SIZE_LIMIT_BYTES)
+        );
+    }
+}
+
+fn render_init(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 2. Init time: exec → first Runtime API poll\n");
+    if r.init.is_empty() {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "Each start is a fresh process with the production environment (MySQL URL, Redis URL, \
+         LiveKit and auth secrets, no SECRETS_ARN) and its own local Runtime API listener; the \
+         clock starts before `posix_spawn` and stops when `GET /2018-06-01/runtime/invocation/next` \
+         has arrived. {} measured starts per function after one unmeasured start (page cache \
+         warm, as on a reused Lambda host). Target: ≤ 3 ms.\n",
+        r.starts
+    );
+    if let Some(f) = &r.spawn_floor {
+        let _ = writeln!(
+            w,
+            "Floor of the method: spawning `true` and waiting for it to exit takes {} (median).\n",
+            fmt_us(f.median)
+        );
+    }
+    let _ = writeln!(w, "| function | min | median | max | ≤ 3 ms (median) |");
+    let _ = writeln!(w, "|---|---:|---:|---:|---|");
+    for (f, s) in &r.init {
+        let _ = writeln!(
+            w,
+            "| {f} | {} | {} | {} | {} |",
+            fmt_us(s.min),
+            fmt_us(s.median),
+            fmt_us(s.max),
+            met(s.median <= INIT_LIMIT_US)
+        );
+    }
+}
+
+fn render_warm(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 3. Warm latency against the raw I/O\n");
+    if r.warm.is_empty() {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "One warm process per function, invoked through the local Runtime API with API Gateway \
+         v2 events (the harness answers `/next` and reads `/response`; the time is from handing \
+         the event over to receiving the response). **Raw** is the same I/O without the service, \
+         in the same run, interleaved step by step: the same SQL text and bind types as \
+         `shared/src/store` over one `MySqlConnection`, and the same Redis commands as \
+         `shared/src/cache.rs` (rate-limit counter on create and join, as in production; cache \
+         GET/SET EX/DEL). Each round is one call: create (creator joined), get twice (miss, \
+         then hit), a second uid joins, the creator lists their rooms (a user token), the \
+         second uid leaves (the call ends). {} rounds after {} warm-up rounds. \
+         **In handler** is the `elapsed_ms` the handler logs (from `respond`), so \
+         endpoint − handler is the runtime, event and transport share. Target: endpoint \
+         median ≤ 1.5× raw median.\n",
+        r.rounds, r.warmup
+    );
+    let _ = writeln!(
+        w,
+        "| endpoint | p50 | p90 | p99 | raw p50 | raw p99 | ratio (p50) | in handler p50 | ≤ 1.5× |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for row in &r.warm {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {:.2}× | {} | {} |",
+            step_title(&row.step),
+            fmt_us(row.endpoint.median),
+            fmt_us(row.endpoint.p90),
+            fmt_us(row.endpoint.p99),
+            fmt_us(row.raw.median),
+            fmt_us(row.raw.p99),
+            row.ratio(),
+            row.handler
+                .map(|h| fmt_us(h.median))
+                .unwrap_or_else(|| "–".into()),
+            met(row.ratio() <= RATIO_LIMIT)
+        );
+    }
+    if let Some(f) = &r.runtime_floor {
+        let _ = writeln!(
+            w,
+            "\nFloors of the path, measured in the same rounds:\n\n\
+             | request | p50 | p99 | in handler p50 |\n|---|---:|---:|---:|\n\
+             | get-room with an invalid name: auth, validation, error envelope, no I/O | {} | {} | {} |\n\
+             | Runtime API hand-over alone: the same event to a stand-in function in the harness that answers at once | {} | {} | – |",
+            fmt_us(f.end_to_end.median),
+            fmt_us(f.end_to_end.p99),
+            f.in_handler
+                .map(|h| fmt_us(h.median))
+                .unwrap_or_else(|| "–".into()),
+            fmt_us(f.hand_over.median),
+            fmt_us(f.hand_over.p99),
+        );
+    }
+}
+
+fn render_counts(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 4. Database round trips per request\n");
+    if r.counts.is_empty() {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    }
+    let own = r.counts.first().map(|c| c.own_cost).unwrap_or(0);
+    let _ = writeln!(
+        w,
+        "Counted two ways over {} rounds (after 2 warm-up rounds; a range means the rounds \
+         differed). **Questions**: MariaDB's `SHOW GLOBAL STATUS LIKE 'Questions'` before and \
+         after one request, minus the harness's own status reads ({own} per pair, calibrated); \
+         it counts every client of the server, so the smallest delta is the one to trust. \
+         **Wire**: the functions reach MariaDB through a counting proxy that reads the command \
+         byte of every packet they send, which is exact for them alone and also sees COM_PING \
+         (not a statement, so not in Questions, but a round trip). **Raw** counts the raw \
+         mirror the same way; it must equal the functions' statements. Redis: \
+         `total_commands_processed` (a pipelined MULTI/INCR/EXPIRE/EXEC is 4 commands in 1 \
+         round trip).\n",
+        r.count_rounds
+    );
+    let _ = writeln!(
+        w,
+        "| endpoint | Questions | wire statements | wire pings | prepares | wire round trips | raw statements | Redis commands (raw) | commands per request |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    for c in &r.counts {
+        let commands = c
+            .commands
+            .iter()
+            .map(|(name, n)| format!("{name} {n:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} |",
+            step_title(&c.step),
+            span(c.questions),
+            span(c.statements),
+            span(c.pings),
+            span(c.prepares),
+            span(c.round_trips),
+            span(c.raw_statements),
+            span(c.redis),
+            span(c.raw_redis),
+            if commands.is_empty() {
+                "none".to_owned()
+            } else {
+                commands
+            }
+        );
+    }
+    let mismatched: Vec<&str> = r
+        .counts
+        .iter()
+        .filter(|c| c.statements != c.raw_statements)
+        .map(|c| step_title(&c.step))
+        .collect();
+    if mismatched.is_empty() {
+        let _ = writeln!(
+            w,
+            "\nThe raw mirror sends exactly the statements the functions send, so the ratios \
+             in section 3 compare like with like."
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "\n**The raw mirror differs from the functions for: {}.** Update `bench/src/raw.rs` \
+             to the store's current SQL before trusting those ratios.",
+            mismatched.join(", ")
+        );
+    }
+}
+
+fn render_memory(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 5. Memory\n");
+    if r.memory.is_empty() && r.load_memory.is_empty() {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "`VmHWM` (peak resident set) and `VmRSS` from `/proc/<pid>/status` of the warm processes \
+         after the latency rounds, and of the busiest instance of each function after the \
+         concurrent load. Target: ≤ 12 MB (12,000,000 bytes).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| process | after | peak (VmHWM) | now (VmRSS) | ≤ 12 MB |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---:|---|");
+    for m in &r.memory {
+        let _ = writeln!(
+            w,
+            "| {} | {} invocations | {} | {} | {} |",
+            m.function,
+            m.invocations,
+            mb(m.hwm_kib * 1024),
+            mb(m.rss_kib * 1024),
+            met(m.hwm_kib * 1024 <= RSS_LIMIT_BYTES)
+        );
+    }
+    for m in &r.load_memory {
+        let _ = writeln!(
+            w,
+            "| {} | concurrent load | {} | {} | {} |",
+            m.function,
+            mb(m.hwm_kib * 1024),
+            mb(m.rss_kib * 1024),
+            met(m.hwm_kib * 1024 <= RSS_LIMIT_BYTES)
+        );
+    }
+}
+
+fn render_load(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 6. Concurrency\n");
+    let Some(load) = &r.load else {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "{} workers, each with a keep-alive HTTP connection to a gateway in the harness on \
+         127.0.0.1, run create → join → leave cycles, each in a fresh room with fresh uids, \
+         until {} cycles have started or {} s have passed. The gateway turns each HTTP request \
+         into an API Gateway v2 event and hands it to an idle warm instance of the routed \
+         function through that instance's Runtime API; there are {} instances per function \
+         (as Lambda would scale out), each serving one request at a time and warmed first \
+         (database connection open), as with provisioned concurrency; cold starts are section \
+         2. Rate limits are off (`RATE_LIMIT_*_PER_MIN=0`). Why not `cargo lambda watch \
+         --release`: it would time the development server's own router and runtime emulator, \
+         rebuild with its own flags, and run one instance per function. Everything (driver, \
+         gateway, {} function processes, MariaDB, Redis) shares this machine's {} cores.\n",
+        r.workers,
+        r.cycles,
+        r.time_limit_secs,
+        r.workers,
+        3 * r.workers,
+        r.machine.cores
+    );
+    let secs = load.wall.as_secs_f64();
+    let all: Vec<f64> = load.latencies.values().flatten().copied().collect();
+    let total = summarize(&all);
+    let cycles = summarize(&load.cycle_latencies);
+    let _ = writeln!(w, "| | |\n|---|---|");
+    let _ = writeln!(w, "| cycles completed | {} |", load.cycles);
+    let _ = writeln!(w, "| requests | {} |", load.requests);
+    let _ = writeln!(w, "| errors | {} |", load.errors);
+    let _ = writeln!(w, "| wall time | {secs:.2} s |");
+    let _ = writeln!(
+        w,
+        "| throughput | {:.0} requests/s ({:.0} cycles/s) |",
+        load.requests as f64 / secs,
+        load.cycles as f64 / secs
+    );
+    let _ = writeln!(
+        w,
+        "| request latency | p50 {}, p99 {}, max {} |",
+        fmt_us(total.median),
+        fmt_us(total.p99),
+        fmt_us(total.max)
+    );
+    let _ = writeln!(
+        w,
+        "| cycle latency | p50 {}, p99 {} |",
+        fmt_us(cycles.median),
+        fmt_us(cycles.p99)
+    );
+    let _ = writeln!(
+        w,
+        "| rooms not ended or rows still live afterwards | {} |",
+        r.leftovers
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "not checked".into())
+    );
+    if load.timed_out {
+        let _ = writeln!(w, "| stopped by the time limit | yes |");
+    }
+    let _ = writeln!(
+        w,
+        "\n| request | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|"
+    );
+    for kind in ["create", "join", "leave"] {
+        let s = summarize(load.latencies.get(kind).map(Vec::as_slice).unwrap_or(&[]));
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} |",
+            step_title(kind),
+            fmt_us(s.median),
+            fmt_us(s.p90),
+            fmt_us(s.p99),
+            fmt_us(s.max)
+        );
+    }
+    if !load.first_errors.is_empty() {
+        let _ = writeln!(w, "\nFirst errors:\n");
+        for e in &load.first_errors {
+            let _ = writeln!(w, "- `{e}`");
+        }
+    }
+}
+
+/// Observations that follow from the figures themselves.
+fn render_notes(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## Reading the figures\n");
+    let pings: Vec<String> = r
+        .counts
+        .iter()
+        .filter(|c| c.pings.1 > 0)
+        .map(|c| format!("{} {}", step_title(&c.step), span(c.pings)))
+        .collect();
+    if !pings.is_empty() {
+        let _ = writeln!(
+            w,
+            "- Pool pings: {}. sqlx 0.9 pings a pooled connection when it is acquired \
+             (`test_before_acquire`, on by default) and again when it is returned to the pool \
+             (always, in a spawned task). Each is a round trip to the database that no \
+             statement needed.",
+            pings.join(", ")
+        );
+    }
+    if let Some(floor) = &r.runtime_floor {
+        let _ = writeln!(
+            w,
+            "- A request that does no I/O at all costs {} end to end, of which {} is the Runtime \
+             API hand-over itself (event to the function, response back: two loopback HTTP \
+             exchanges) and {} the handler (JWT check, validation, envelope, log line); the rest \
+             is lambda_runtime and lambda_http reading the event and writing the response. That \
+             share is the same for every endpoint and is what a ratio against raw SQL cannot go \
+             below.",
+            fmt_us(floor.end_to_end.median),
+            fmt_us(floor.hand_over.median),
+            floor
+                .in_handler
+                .map(|h| fmt_us(h.median))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+    for row in &r.warm {
+        if let Some(h) = &row.handler {
+            let outside = row.endpoint.median - h.median;
+            let inside_over = h.median - row.raw.median;
+            let _ = writeln!(
+                w,
+                "- {}: {} end to end = {} in the handler ({} above raw) + {} outside it.",
+                step_title(&row.step),
+                fmt_us(row.endpoint.median),
+                fmt_us(h.median),
+                fmt_us(inside_over),
+                fmt_us(outside)
+            );
+        }
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The benchmark, separate from the tests: builds every function binary and the harness
+# (bench/), measures them on this machine against the real MariaDB and Redis, and rewrites
+# BENCHMARKS.md: binary sizes, init time, warm latency against the raw SQL, database round
+# trips, peak memory and a bounded concurrent load, each beside DESIGN's target.
+#   scripts/bench.sh            full run: release build, then a few minutes of measuring
+#   scripts/bench.sh --smoke    every phase with tiny counts on the debug build, no thresholds,
+#                               report to $BENCH_OUT or a temporary file (scripts/test.sh runs it)
+# Extra arguments go to the harness (e.g. --rounds 100 --workers 4; see bench/src/main.rs).
+# Needs MariaDB on 127.0.0.1:3306 (root, no password; the run recreates its own database,
+# call_bench or call_bench_smoke) and Redis on 127.0.0.1:6379; BENCH_MYSQL_URL (server
+# without a database) and BENCH_REDIS_URL point elsewhere. Everything runs on 127.0.0.1.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+mode=full
+if [ "${1:-}" = "--smoke" ]; then
+    mode=smoke
+    shift
+fi
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Like scripts/test.sh: start a service that is installed but not running, else fail.
+if ! port_open 3306 && [ -z "${BENCH_MYSQL_URL:-}" ] && [ -x /usr/sbin/mariadbd ]; then
+    log "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+fi
+if ! port_open 6379 && [ -z "${BENCH_REDIS_URL:-}" ] && command -v redis-server >/dev/null; then
+    log "starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+for port in 3306 6379; do
+    for _ in $(seq 1 60); do port_open "$port" && break; sleep 0.5; done
+done
+
+# Every function package, built on its own (as a per-function deploy builds it).
+names=()
+packages=()
+for manifest in functions/*/Cargo.toml; do
+    names+=("$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)")
+    packages+=(-p "${names[-1]}")
+done
+
+if [ "$mode" = smoke ]; then
+    profile=(); bin_dir=target/debug
+    out="${BENCH_OUT:-$(mktemp "${TMPDIR:-/tmp}/BENCHMARKS.smoke.XXXXXX.md")}"
+    extra=(--smoke --out "$out"); command="scripts/bench.sh --smoke"
+else
+    profile=(--release); bin_dir=target/release
+    extra=(); command="scripts/bench.sh"
+fi
+
+log "building ${#names[@]} functions (${profile[*]:-debug})"
+started=$(date +%s%N)
+cargo build --quiet "${profile[@]}" "${packages[@]}"
+build_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+build_secs=$(printf '%d.%03d' $((build_ms / 1000)) $((build_ms % 1000)))
+log "built in $build_secs s; building the harness"
+cargo build --quiet "${profile[@]}" -p bench
+
+# Measure private hard links of what was just built: another build in this tree (the local
+# main job's SQLite feature set, say) may replace target/*/<name> while the benchmark runs.
+run_dir="target/bench/bin-$mode"
+rm -rf "$run_dir"
+mkdir -p "$run_dir"
+for name in "${names[@]}" bench; do
+    ln -f "$bin_dir/$name" "$run_dir/$name" 2>/dev/null || cp "$bin_dir/$name" "$run_dir/$name"
+done
+
+"$run_dir/bench" "${extra[@]}" --bin-dir "$run_dir" --build-secs "$build_secs" \
+    --command "$command" "$@"

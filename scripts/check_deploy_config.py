@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Checks that the three descriptions of the functions agree, so they never drift apart:
+
+- the workspace members under functions/ (one crate, one binary, one Lambda function),
+- the local router in Cargo.toml ([workspace.metadata.lambda.watch.router]),
+- template.yaml (the SAM functions, their HttpApi routes, schedule and custom resource).
+
+    python scripts/check_deploy_config.py [ROOT]
+
+Prints every mismatch and exits 1, or prints a one-line summary and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+SAM_FUNCTION = "AWS::Serverless::Function"
+HTTP_API = "AWS::Serverless::HttpApi"
+SCHEDULE_EVENTS = {"Schedule", "ScheduleV2"}
+EXPECTED = {
+    "Runtime": "provided.al2023",
+    "Architectures": ["arm64"],
+    "Handler": "bootstrap",
+}
+
+
+class CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short tags (!Ref, !Sub, !GetAtt, ...) as their long forms."""
+
+
+def _intrinsic(loader: CfnLoader, suffix: str, node: yaml.Node) -> dict:
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if suffix in ("Ref", "Condition"):
+        return {suffix: value}
+    if suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load_template(path: Path) -> dict:
+    with path.open(encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def function_crates(root: Path) -> dict[str, Path]:
+    """Package name -> directory, for every workspace member under functions/."""
+    manifest = tomllib.loads((root / "Cargo.toml").read_text(encoding="utf-8"))
+    crates: dict[str, Path] = {}
+    for pattern in manifest.get("workspace", {}).get("members", []):
+        if not pattern.startswith("functions"):
+            continue
+        for directory in sorted(root.glob(pattern)):
+            cargo = directory / "Cargo.toml"
+            if cargo.is_file():
+                package = tomllib.loads(cargo.read_text(encoding="utf-8"))["package"]
+                crates[package["name"]] = directory
+    return crates
+
+
+def router_routes(root: Path) -> set[tuple[str, str, str]]:
+    """(METHOD, path, function) from the local router; a bare function name means any method."""
+    manifest = tomllib.loads((root / "Cargo.toml").read_text(encoding="utf-8"))
+    router = (
+        manifest.get("workspace", {})
+        .get("metadata", {})
+        .get("lambda", {})
+        .get("watch", {})
+        .get("router", {})
+    )
+    routes = set()
+    for path, target in router.items():
+        if isinstance(target, str):
+            routes.add(("ANY", path, target))
+            continue
+        for entry in target:
+            routes.add((entry.get("method", "ANY").upper(), path, entry["function"]))
+    return routes
+
+
+def check(root: Path) -> tuple[list[str], dict[str, int]]:
+    """Every mismatch between the crates, the router and the template, as readable lines."""
+    problems: list[str] = []
+    crates = function_crates(root)
+    router = router_routes(root)
+    template = load_template(root / "template.yaml")
+    resources: dict = template.get("Resources", {})
+    globals_ = template.get("Globals", {}).get("Function", {})
+
+    apis = [k for k, v in resources.items() if v.get("Type") == HTTP_API]
+    if len(apis) != 1:
+        problems.append(f"template.yaml: expected one {HTTP_API}, found {len(apis)}")
+
+    binaries: dict[str, str] = {}  # binary -> logical id
+    template_routes: set[tuple[str, str, str]] = set()
+    triggered: set[str] = set()
+    for logical_id, resource in resources.items():
+        if resource.get("Type") != SAM_FUNCTION:
+            continue
+        where = f"template.yaml {logical_id}"
+        metadata = resource.get("Metadata", {})
+        props = resource.get("Properties", {})
+        binary = metadata.get("BuildProperties", {}).get("Binary")
+        if metadata.get("BuildMethod") != "rust-cargolambda" or not binary:
+            problems.append(f"{where}: needs Metadata BuildMethod rust-cargolambda and BuildProperties Binary")
+            continue
+        if binary in binaries:
+            problems.append(f"{where}: builds {binary}, as {binaries[binary]} already does")
+        binaries[binary] = logical_id
+        if props.get("CodeUri") != ".":
+            problems.append(f"{where}: CodeUri must be the workspace root '.'")
+        for key, expected in EXPECTED.items():
+            value = props.get(key, globals_.get(key))
+            if value != expected:
+                problems.append(f"{where}: {key} is {value!r}, expected {expected!r}")
+        name = props.get("FunctionName")
+        if name != {"Fn::Sub": f"${{AWS::StackName}}-{binary}"}:
+            problems.append(f"{where}: FunctionName must be !Sub ${{AWS::StackName}}-{binary}")
+        for event in (props.get("Events") or {}).values():
+            kind = event.get("Type")
+            event_props = event.get("Properties", {})
+            if kind == "HttpApi":
+                if event_props.get("ApiId") != {"Ref": apis[0] if apis else None}:
+                    problems.append(f"{where}: its HttpApi event must use ApiId !Ref {apis[0] if apis else '?'}")
+                template_routes.add(
+                    (str(event_props.get("Method", "ANY")).upper(), event_props.get("Path"), binary)
+                )
+                triggered.add(binary)
+            elif kind in SCHEDULE_EVENTS:
+                triggered.add(binary)
+        if not _has_log_group(resources, logical_id, binary):
+            problems.append(f"{where}: no AWS::Logs::LogGroup with RetentionInDays for it")
+        if not _role_may_log(resources, binary):
+            problems.append(f"{where}: FunctionRole may not write to /aws/lambda/${{AWS::StackName}}-{binary}")
+
+    for resource in resources.values():
+        token = resource.get("Properties", {}).get("ServiceToken")
+        if isinstance(token, dict) and "Fn::GetAtt" in token:
+            for binary, logical_id in binaries.items():
+                if token["Fn::GetAtt"][0] == logical_id:
+                    triggered.add(binary)
+
+    for name in sorted(set(crates) - set(binaries)):
+        problems.append(f"functions/{crates[name].name} ({name}) has no function in template.yaml")
+    for name in sorted(set(binaries) - set(crates)):
+        problems.append(f"template.yaml {binaries[name]} builds {name}, which is no crate under functions/")
+    for name in sorted({f for _, _, f in router} - set(crates)):
+        problems.append(f"Cargo.toml router names {name}, which is no crate under functions/")
+    for method, path, name in sorted(router - template_routes):
+        problems.append(f"route {method} {path} -> {name} is in the Cargo.toml router but not in template.yaml")
+    for method, path, name in sorted(template_routes - router):
+        problems.append(f"route {method} {path} -> {name} is in template.yaml but not in the Cargo.toml router")
+    for name in sorted(set(binaries) - triggered):
+        problems.append(
+            f"template.yaml {binaries[name]} has no route, schedule or custom resource: nothing invokes it"
+        )
+    return problems, {"functions": len(binaries), "routes": len(template_routes)}
+
+
+def _has_log_group(resources: dict, logical_id: str, binary: str) -> bool:
+    accepted = {
+        f"/aws/lambda/${{{logical_id}}}",
+        f"/aws/lambda/${{AWS::StackName}}-{binary}",
+    }
+    for resource in resources.values():
+        if resource.get("Type") != "AWS::Logs::LogGroup":
+            continue
+        props = resource.get("Properties", {})
+        name = props.get("LogGroupName")
+        if isinstance(name, dict) and name.get("Fn::Sub") in accepted and "RetentionInDays" in props:
+            return True
+    return False
+
+
+def _role_may_log(resources: dict, binary: str) -> bool:
+    suffix = f":log-group:/aws/lambda/${{AWS::StackName}}-{binary}:*"
+    role = resources.get("FunctionRole", {}).get("Properties", {})
+    for policy in role.get("Policies", []):
+        for statement in policy.get("PolicyDocument", {}).get("Statement", []):
+            if not isinstance(statement, dict) or "logs:PutLogEvents" not in statement.get("Action", []):
+                continue
+            for arn in statement.get("Resource", []):
+                if isinstance(arn, dict) and str(arn.get("Fn::Sub", "")).endswith(suffix):
+                    return True
+    return False
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[1]
+    problems, counts = check(root)
+    if problems:
+        print("deploy config drift:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(
+        f"deploy config: {counts['functions']} functions and {counts['routes']} routes agree "
+        "across functions/, the Cargo.toml router and template.yaml"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

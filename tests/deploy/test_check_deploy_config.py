@@ -1,0 +1,125 @@
+"""The deploy-config check passes on the real files and fails when one side changes alone."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "check_deploy_config.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+import check_deploy_config  # noqa: E402
+
+
+@pytest.fixture
+def copy(tmp_path: Path) -> Path:
+    """The template, the root manifest and every function manifest, in a scratch root."""
+    shutil.copy(ROOT / "template.yaml", tmp_path)
+    shutil.copy(ROOT / "Cargo.toml", tmp_path)
+    for manifest in (ROOT / "functions").glob("*/Cargo.toml"):
+        target = tmp_path / "functions" / manifest.parent.name
+        target.mkdir(parents=True)
+        shutil.copy(manifest, target)
+    return tmp_path
+
+
+def problems(root: Path) -> list[str]:
+    return check_deploy_config.check(root)[0]
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} is not in {path.name}"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_the_real_files_agree():
+    found, counts = check_deploy_config.check(ROOT)
+    assert found == []
+    assert counts == {"functions": 14, "routes": 12}
+
+
+def test_the_copy_agrees_before_any_change(copy: Path):
+    assert problems(copy) == []
+
+
+def test_a_route_removed_from_the_template_alone_fails(copy: Path):
+    template = copy / "template.yaml"
+    text = template.read_text(encoding="utf-8")
+    # The Events block of GetRoomFunction, up to and including its Path line.
+    block = re.compile(
+        r"(  GetRoomFunction:\n(?:.*\n)*?)      Events:\n(?:.*\n)*?            Path: [^\n]+\n"
+    )
+    changed, count = block.subn(r"\1", text, count=1)
+    assert count == 1
+    template.write_text(changed, encoding="utf-8")
+    found = problems(copy)
+    assert "route GET /api/rooms/{room_name} -> get-room is in the Cargo.toml router but not in template.yaml" in found
+    assert any("GetRoomFunction has no route" in p for p in found), found
+
+
+def test_a_changed_template_path_alone_fails(copy: Path):
+    edit(copy / "template.yaml", "Path: /api/rooms/{room_name}/end\n", "Path: /api/rooms/{room_name}/finish\n")
+    found = problems(copy)
+    assert "route POST /api/rooms/{room_name}/finish -> end-room is in template.yaml but not in the Cargo.toml router" in found
+    assert "route POST /api/rooms/{room_name}/end -> end-room is in the Cargo.toml router but not in template.yaml" in found
+
+
+def test_a_router_entry_added_alone_fails(copy: Path):
+    with (copy / "Cargo.toml").open("a", encoding="utf-8") as f:
+        f.write('"/api/rooms/{room_name}/kick" = [{ method = "POST", function = "kick-participant" }]\n')
+    found = problems(copy)
+    assert "Cargo.toml router names kick-participant, which is no crate under functions/" in found
+    assert (
+        "route POST /api/rooms/{room_name}/kick -> kick-participant is in the Cargo.toml router but not in template.yaml"
+        in found
+    )
+
+
+def test_a_router_method_added_alone_fails(copy: Path):
+    edit(
+        copy / "Cargo.toml",
+        '"/api/rooms/{room_name}" = [{ method = "GET", function = "get-room" }]',
+        '"/api/rooms/{room_name}" = [{ method = "GET", function = "get-room" }, { method = "DELETE", function = "end-room" }]',
+    )
+    assert problems(copy) == [
+        "route DELETE /api/rooms/{room_name} -> end-room is in the Cargo.toml router but not in template.yaml"
+    ]
+
+
+def test_a_missing_function_crate_fails(copy: Path):
+    shutil.rmtree(copy / "functions" / "end-room")
+    found = problems(copy)
+    assert "template.yaml EndRoomFunction builds end-room, which is no crate under functions/" in found
+    assert "Cargo.toml router names end-room, which is no crate under functions/" in found
+
+
+def test_a_new_crate_without_a_template_function_fails(copy: Path):
+    crate = copy / "functions" / "kick-participant"
+    crate.mkdir()
+    (crate / "Cargo.toml").write_text('[package]\nname = "kick-participant"\n', encoding="utf-8")
+    assert problems(copy) == ["functions/kick-participant (kick-participant) has no function in template.yaml"]
+
+
+def test_a_function_that_is_not_built_for_arm64_fails(copy: Path):
+    edit(
+        copy / "template.yaml",
+        "        Binary: health\n    Properties:\n",
+        "        Binary: health\n    Properties:\n      Architectures: [x86_64]\n",
+    )
+    assert problems(copy) == ["template.yaml HealthFunction: Architectures is ['x86_64'], expected ['arm64']"]
+
+
+def test_the_command_exits_non_zero_and_names_the_drift(copy: Path):
+    shutil.rmtree(copy / "functions" / "health")
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), str(copy)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 1
+    assert "HealthFunction builds health, which is no crate under functions/" in run.stderr
+    ok = subprocess.run([sys.executable, str(SCRIPT), str(ROOT)], capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
