@@ -85,6 +85,7 @@ mod sqlite {
         Ok(SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(crate::store::ACQUIRE_TIMEOUT)
+            .idle_timeout(crate::store::IDLE_TIMEOUT)
             .test_before_acquire(false)
             .connect_lazy_with(options))
     }
