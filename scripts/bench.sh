@@ -3,9 +3,10 @@
 # (bench/), measures them on this machine against the real MariaDB and Redis, and rewrites
 # BENCHMARKS.md: binary sizes, init time, warm latency against the raw SQL, database round
 # trips, peak memory and a bounded concurrent load, each beside DESIGN's target.
-#   scripts/bench.sh            full run: release build, then a few minutes of measuring
-#   scripts/bench.sh --smoke    every phase with tiny counts on the debug build, no thresholds,
-#                               report to $BENCH_OUT or a temporary file (scripts/test.sh runs it)
+#   scripts/bench.sh            full run: release build, then about a minute of measuring
+#   scripts/bench.sh --smoke    every phase with tiny counts on a debug build of the five
+#                               functions it drives, no thresholds; report to $BENCH_OUT or a
+#                               temporary file, BENCHMARKS.md untouched (scripts/test.sh runs it)
 # Extra arguments go to the harness (e.g. --rounds 100 --workers 4; see bench/src/main.rs).
 # Needs MariaDB on 127.0.0.1:3306 (root, no password; the run recreates its own database,
 # call_bench or call_bench_smoke) and Redis on 127.0.0.1:6379; BENCH_MYSQL_URL (server
@@ -35,13 +36,18 @@ for port in 3306 6379; do
     for _ in $(seq 1 60); do port_open "$port" && break; sleep 0.5; done
 done
 
-# Every function package, built on its own (as a per-function deploy builds it).
+# Every function package (as a per-function deploy builds it); the smoke run needs only the
+# five its warm, round-trip and load phases drive.
 names=()
+if [ "$mode" = smoke ]; then
+    names=(create-room get-room join-room list-rooms leave-room)
+else
+    for manifest in functions/*/Cargo.toml; do
+        names+=("$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)")
+    done
+fi
 packages=()
-for manifest in functions/*/Cargo.toml; do
-    names+=("$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)")
-    packages+=(-p "${names[-1]}")
-done
+for name in "${names[@]}"; do packages+=(-p "$name"); done
 
 if [ "$mode" = smoke ]; then
     profile=(); bin_dir=target/debug

@@ -30,7 +30,7 @@ use crate::counting::{Commands, CountingProxy, Questions};
 use crate::events::HttpCall;
 use crate::gateway::{Gateway, Instances, LoadPlan};
 use crate::raw::Raw;
-use crate::report::{CountRow, Floors, MemoryRow, Results, WarmRow};
+use crate::report::{CountRow, Floors, MemoryRow, Results, SizeRow, WarmRow};
 use crate::runtime_api::{FunctionEnv, FunctionProcess};
 use crate::stats::{Summary, micros, summarize};
 
@@ -389,14 +389,21 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         .iter()
         .filter(|f| !opts.bin_dir.join(f).is_file())
         .collect();
-    if opts.only.is_none() && !missing.is_empty() {
+    if opts.only.is_none() && !opts.smoke && !missing.is_empty() {
         return Err(format!(
             "{} is missing: build first",
             opts.bin_dir.join(missing[0]).display()
         ));
     }
-    // A subset of phases measures whichever binaries are there (e.g. a profiling build).
+    // A subset of phases, or a smoke run, measures whichever binaries are there (a profiling
+    // build, or the few the smoke run builds).
     functions.retain(|f| opts.bin_dir.join(f).is_file());
+    if functions.is_empty() {
+        return Err(format!(
+            "no function binaries in {}",
+            opts.bin_dir.display()
+        ));
+    }
     let (before_host, db_addr) = split_server_url(&opts.mysql_url)
         .ok_or_else(|| format!("cannot read host:port from {}", opts.mysql_url))?;
     // TLS off: the counting proxy reads the protocol, and loopback TLS would only add noise
@@ -441,7 +448,7 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
 
     if ctx.opts.runs("sizes") {
         log("binary sizes");
-        results.sizes = sizes(&ctx.opts.bin_dir, &functions, &ctx.log_dir);
+        results.sizes = sizes(&ctx.opts.root, &ctx.opts.bin_dir, &functions, &ctx.log_dir);
     }
     if ctx.opts.runs("init") {
         log(format!(
@@ -484,7 +491,11 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
 
     let text = report::render(&results);
     std::fs::write(&ctx.opts.out, text).map_err(|e| format!("{}: {e}", ctx.opts.out.display()))?;
-    print!("{}", report::summary_text(&results));
+    if ctx.opts.smoke {
+        log("smoke run: every phase ran (debug build, tiny counts: the figures mean nothing)");
+    } else {
+        print!("{}", report::summary_text(&results));
+    }
     if let Some(load) = &results.load
         && load.errors > 0
     {
@@ -572,13 +583,15 @@ fn info_field(info: &str, name: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// File size and stripped size of every function binary.
-fn sizes(bin_dir: &Path, functions: &[String], scratch: &Path) -> Vec<(String, u64, Option<u64>)> {
+/// File size and stripped size of every function binary, and the size of its arm64 build
+/// when the cross build (`cargo lambda build --release --arm64`) has left one in target/.
+fn sizes(root: &Path, bin_dir: &Path, functions: &[String], scratch: &Path) -> Vec<SizeRow> {
+    let arm64_dir = root.join("target/aarch64-unknown-linux-gnu/release");
     functions
         .iter()
         .map(|f| {
             let bin = bin_dir.join(f);
-            let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+            let file = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
             let copy = scratch.join(format!("{f}.stripped"));
             let stripped = std::process::Command::new("strip")
                 .arg("--strip-all")
@@ -591,7 +604,24 @@ fn sizes(bin_dir: &Path, functions: &[String], scratch: &Path) -> Vec<(String, u
                 .and_then(|_| std::fs::metadata(&copy).ok())
                 .map(|m| m.len());
             let _ = std::fs::remove_file(&copy);
-            (f.clone(), size, stripped)
+            let arm64 = std::fs::metadata(arm64_dir.join(f)).ok().map(|m| {
+                let built = m
+                    .modified()
+                    .ok()
+                    .map(|t| {
+                        chrono::DateTime::<chrono::Utc>::from(t)
+                            .format("%Y-%m-%d %H:%M UTC")
+                            .to_string()
+                    })
+                    .unwrap_or_default();
+                (m.len(), built)
+            });
+            SizeRow {
+                function: f.clone(),
+                file,
+                stripped,
+                arm64,
+            }
         })
         .collect()
 }

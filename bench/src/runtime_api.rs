@@ -215,6 +215,8 @@ impl FunctionEnv {
 pub struct FunctionProcess {
     pub name: String,
     pub log: PathBuf,
+    /// Under a profiler, which writes its data on SIGTERM but not on SIGKILL.
+    wrapped: bool,
     child: Mutex<Child>,
     api: RuntimeApi,
     next_id: AtomicU64,
@@ -236,7 +238,19 @@ impl FunctionProcess {
         let err = out
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut cmd = Command::new(bin_dir.join(name));
+        // BENCH_FUNCTION_WRAPPER runs the warm processes under a profiler, e.g.
+        // "/usr/bin/valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p".
+        let wrapper = std::env::var("BENCH_FUNCTION_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let wrapped = !wrapper.trim().is_empty();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(bin_dir.join(name));
+                cmd
+            }
+            None => Command::new(bin_dir.join(name)),
+        };
         env.apply(&mut cmd, name, api.addr());
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = cmd
@@ -245,6 +259,7 @@ impl FunctionProcess {
         Ok(FunctionProcess {
             name: name.to_owned(),
             log,
+            wrapped,
             child: Mutex::new(child),
             api,
             next_id: AtomicU64::new(0),
@@ -304,7 +319,14 @@ impl FunctionProcess {
 impl Drop for FunctionProcess {
     fn drop(&mut self) {
         if let Ok(mut child) = self.child.lock() {
-            let _ = child.kill();
+            let terminated = self.wrapped
+                && Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status()
+                    .is_ok_and(|s| s.success());
+            if !terminated {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
     }
