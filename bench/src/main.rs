@@ -30,7 +30,7 @@ use crate::counting::{Commands, CountingProxy, Questions};
 use crate::events::HttpCall;
 use crate::gateway::{Gateway, Instances, LoadPlan};
 use crate::raw::Raw;
-use crate::report::{CountRow, Floors, MemoryRow, Results, SizeRow, WarmRow};
+use crate::report::{Arm64, CountRow, Floors, MemoryRow, Results, SizeRow, WarmRow};
 use crate::runtime_api::{FunctionEnv, FunctionProcess};
 use crate::stats::{Summary, micros, summarize};
 
@@ -113,7 +113,7 @@ fn parse_args() -> Options {
         root,
         command: "scripts/bench.sh".to_owned(),
         build_secs: None,
-        starts: if smoke { 2 } else { 30 },
+        starts: if smoke { 2 } else { 50 },
         warmup: if smoke { 1 } else { 20 },
         rounds: if smoke { 3 } else { 1000 },
         count_rounds: if smoke { 1 } else { 10 },
@@ -587,6 +587,12 @@ fn info_field(info: &str, name: &str) -> Option<String> {
 /// when the cross build (`cargo lambda build --release --arm64`) has left one in target/.
 fn sizes(root: &Path, bin_dir: &Path, functions: &[String], scratch: &Path) -> Vec<SizeRow> {
     let arm64_dir = root.join("target/aarch64-unknown-linux-gnu/release");
+    let common = [
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+        root.join("shared"),
+    ];
+    let common_changed = common.iter().filter_map(|p| newest_mtime(p)).max();
     functions
         .iter()
         .map(|f| {
@@ -604,17 +610,16 @@ fn sizes(root: &Path, bin_dir: &Path, functions: &[String], scratch: &Path) -> V
                 .and_then(|_| std::fs::metadata(&copy).ok())
                 .map(|m| m.len());
             let _ = std::fs::remove_file(&copy);
-            let arm64 = std::fs::metadata(arm64_dir.join(f)).ok().map(|m| {
-                let built = m
-                    .modified()
-                    .ok()
-                    .map(|t| {
-                        chrono::DateTime::<chrono::Utc>::from(t)
-                            .format("%Y-%m-%d %H:%M UTC")
-                            .to_string()
-                    })
-                    .unwrap_or_default();
-                (m.len(), built)
+            let changed = common_changed.max(newest_mtime(&root.join("functions").join(f)));
+            let arm64 = std::fs::metadata(arm64_dir.join(f)).ok().and_then(|m| {
+                let built = m.modified().ok()?;
+                Some(Arm64 {
+                    bytes: m.len(),
+                    built: chrono::DateTime::<chrono::Utc>::from(built)
+                        .format("%Y-%m-%d %H:%M UTC")
+                        .to_string(),
+                    current: changed.is_none_or(|c| built >= c),
+                })
             });
             SizeRow {
                 function: f.clone(),
@@ -626,26 +631,49 @@ fn sizes(root: &Path, bin_dir: &Path, functions: &[String], scratch: &Path) -> V
         .collect()
 }
 
+/// The latest modification time of a file, or of any file under a directory (skipping
+/// `target`), as a build would see its inputs.
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name() != "target")
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
+}
+
 async fn init_times(
     ctx: &Ctx,
     functions: &[String],
 ) -> Result<(Option<Summary>, Vec<(String, Summary)>), String> {
-    let floor: Vec<f64> = (0..ctx.opts.starts)
-        .filter_map(|_| runtime_api::time_spawn_floor("true").map(micros))
-        .collect();
-    let floor = (!floor.is_empty()).then(|| summarize(&floor));
     let env = ctx.env(&ctx.db_url, true);
-    let mut out = Vec::new();
+    // One unmeasured start each loads the binaries into the page cache, as a warm host has them.
     for f in functions {
-        let bin = ctx.opts.bin_dir.join(f);
-        let mut samples = Vec::with_capacity(ctx.opts.starts);
-        // One unmeasured start loads the binary into the page cache, as a warm host would have it.
-        runtime_api::time_init(&bin, f, &env).await?;
-        for _ in 0..ctx.opts.starts {
-            samples.push(micros(runtime_api::time_init(&bin, f, &env).await?));
-        }
-        out.push((f.clone(), summarize(&samples)));
+        runtime_api::time_init(&ctx.opts.bin_dir.join(f), f, &env).await?;
     }
+    // Round robin, with the spawn floor in the rotation: a slow spell of the machine then
+    // touches every function alike instead of whichever happened to be running.
+    let mut floor = Vec::with_capacity(ctx.opts.starts);
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(ctx.opts.starts); functions.len()];
+    for _ in 0..ctx.opts.starts {
+        if let Some(t) = runtime_api::time_spawn_floor("true") {
+            floor.push(micros(t));
+        }
+        for (f, out) in functions.iter().zip(samples.iter_mut()) {
+            let bin = ctx.opts.bin_dir.join(f);
+            out.push(micros(runtime_api::time_init(&bin, f, &env).await?));
+        }
+    }
+    let floor = (!floor.is_empty()).then(|| summarize(&floor));
+    let out = functions
+        .iter()
+        .zip(samples)
+        .map(|(f, s)| (f.clone(), summarize(&s)))
+        .collect();
     Ok((floor, out))
 }
 
