@@ -12,6 +12,10 @@ cd "$ROOT"
 export DATABASE_URL="${TEST_DATABASE_URL:-mysql://root@127.0.0.1:3306/test}"
 export TEST_REDIS_URL="${TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
 export RUST_BACKTRACE=0
+# A clean clone gains nothing from incremental caches, only gigabytes on disk.
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -39,6 +43,18 @@ ensure_services() {
     wait_for Redis 6379
 }
 
+# The whole run needs about 4 GB in target/ (debug builds for both backends, one release
+# cross-build); a full disk shows up as a linker crash ("Bus error"), so say so up front.
+check_disk() {
+    local free_kb
+    free_kb=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
+    if [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
+        echo "FAIL: only $((free_kb / 1024)) MB free under $ROOT; the test run needs about 4 GB" >&2
+        exit 1
+    fi
+}
+
+check_disk
 ensure_services
 log "python tools (.venv)"
 ensure_venv

@@ -2,7 +2,7 @@
 //! without a restart. A TCP relay in front of MariaDB plays the outage.
 #![cfg(not(feature = "embedded"))]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

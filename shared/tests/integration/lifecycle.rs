@@ -1,8 +1,7 @@
 //! Settle-rule rows of the README's transition table that no single endpoint test covers.
 
-mod common;
-#[path = "common/events.rs"]
-mod events;
+use crate::common;
+use crate::events;
 
 use call_shared::store::DbPool;
 use events::{Api, room_status, status_of};

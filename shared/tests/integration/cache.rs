@@ -1,7 +1,7 @@
 //! The Redis room cache and rate limits on the real Redis, and the fallback when Redis is
 //! unreachable. Redis must be running: these tests fail, never skip, without it.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,8 @@
 //! Handler tests for the participant endpoints (join, leave, list, invite, status PUT), driven
 //! by API Gateway HTTP API v2 events, asserting on status, envelope and the database afterwards.
 
-mod common;
-#[path = "common/events.rs"]
-mod events;
+use crate::common;
+use crate::events;
 
 use std::time::Duration;
 

@@ -1,9 +1,8 @@
 //! Handler tests for what callers get wrong: bad input is a 400/413 with a stable key (never a
 //! 5xx), and bad or insufficient tokens are 401/403. Plus the language of messages.
 
-mod common;
-#[path = "common/events.rs"]
-mod events;
+use crate::common;
+use crate::events;
 
 use call_shared::handlers;
 use call_shared::store::DbPool;

@@ -1,7 +1,5 @@
 //! API Gateway HTTP API (payload v2) events for the handler tests, what the handlers answer,
 //! and the few database reads the tests check state with.
-//!
-//! Included by the handler test files with `#[path = "common/events.rs"] mod events;`.
 #![allow(dead_code)]
 
 use std::sync::atomic::{AtomicU64, Ordering};

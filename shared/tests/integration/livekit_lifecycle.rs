@@ -2,11 +2,9 @@
 //! unknown), room teardown through RoomService after a room becomes final, and the sweeper.
 //! A local stub stands in for the LiveKit server's Twirp API and records each call.
 
-mod common;
-#[path = "common/events.rs"]
-mod events;
-#[path = "common/livekit.rs"]
-mod livekit;
+use crate::common;
+use crate::events;
+use crate::livekit;
 
 use call_shared::App;
 use call_shared::handlers::livekit_webhook;

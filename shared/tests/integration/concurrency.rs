@@ -3,8 +3,6 @@
 //! uid live in two calls. Each test prints its figures (attempts, successes, rows found).
 #![cfg(not(feature = "embedded"))]
 
-mod common;
-
 use std::sync::Arc;
 
 use call_shared::ApiError;
