@@ -10,6 +10,7 @@ pub mod http;
 pub mod i18n;
 pub mod livekit;
 pub mod model;
+pub mod outbound;
 pub mod rules;
 pub mod secrets;
 pub mod store;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::config::timeout::TimeoutConfig;
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
-use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use serde_json::Value;
 
 use crate::config::{Config, ConfigError, Secrets};
@@ -128,11 +127,10 @@ impl Source {
         }))
     }
 
-    /// A Secrets Manager client on rustls with ring, the one crypto provider of the build.
+    /// A Secrets Manager client sending through reqwest on rustls with ring, the one HTTP
+    /// client and crypto provider of the build.
     pub fn client(&self) -> aws_sdk_secretsmanager::Client {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http = crate::outbound::sdk_http_client();
         // Lambda allows 10 s for init: fail with a clear error well before that.
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -595,5 +593,38 @@ mod tests {
             "{err:?}"
         );
         assert!(err.to_string().contains("could not be reached"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_secrets_manager_times_out_within_the_init_budget() {
+        // Accepts connections and never answers: the SDK's attempt and operation timeouts
+        // must end init with a clear error well inside Lambda's 10 s.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("a loopback port");
+        let url = format!("http://{}", listener.local_addr().expect("its address"));
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept() {
+                open.push(stream);
+                if open.len() >= 8 {
+                    break;
+                }
+            }
+        });
+        let vars = [
+            ("SECRETS_ARN", ARN),
+            ("AWS_ENDPOINT_URL", url.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ];
+        let started = Instant::now();
+        let err = config_from_lookup(lookup(&vars))
+            .await
+            .expect_err("timed out");
+        let elapsed = started.elapsed();
+        assert!(
+            matches!(err, InitError::Secrets(SecretsError::Unreachable { .. })),
+            "{err:?}"
+        );
+        assert!(elapsed < Duration::from_secs(9), "took {elapsed:?}");
     }
 }

@@ -7,10 +7,9 @@
 //!
 //! Migrations are idempotent, so a repeated event is harmless.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use call_shared::{secrets, store::Store, telemetry};
+use call_shared::{outbound, secrets, store::Store, telemetry};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -167,23 +166,13 @@ fn time_left(deadline_ms: u64) -> Duration {
     Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }
 
-/// rustls on ring with the webpki roots, like the LiveKit client: one crypto provider.
 fn http_client() -> Result<reqwest::Client, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
+    Ok(outbound::https_builder()?
         .timeout(Duration::from_secs(10))
         .build()?)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {

@@ -10,7 +10,7 @@ async fn sweep(app: &App) -> Result<Value, Error> {
     Ok(serde_json::to_value(report)?)
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     telemetry::init();
     let app = App::from_env().await?;

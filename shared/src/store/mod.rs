@@ -273,9 +273,11 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Room>, i64), TxError> {
+        // Both statements on one connection: one acquire and one release instead of two.
+        let mut conn = self.pool.acquire().await?;
         let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM call_room r");
         push_filter(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let total: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
         if total <= offset {
             return Ok((Vec::new(), total));
         }
@@ -283,7 +285,7 @@ impl Store {
         push_filter(&mut select, filter);
         select.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit);
         select.push(" OFFSET ").push_bind(offset);
-        let rows = select.build().fetch_all(&self.pool).await?;
+        let rows = select.build().fetch_all(&mut *conn).await?;
         let rooms = rows.iter().map(decode_room).collect::<Result<_, _>>()?;
         Ok((rooms, total))
     }
