@@ -611,7 +611,8 @@ fn sizes(root: &Path, bin_dir: &Path, functions: &[String], scratch: &Path) -> V
                 .map(|m| m.len());
             let _ = std::fs::remove_file(&copy);
             let changed = common_changed.max(newest_mtime(&root.join("functions").join(f)));
-            let arm64 = std::fs::metadata(arm64_dir.join(f)).ok().and_then(|m| {
+            let arm64 = arm64_binary(root, &arm64_dir, f).and_then(|path| {
+                let m = std::fs::metadata(path).ok()?;
                 let built = m.modified().ok()?;
                 Some(Arm64 {
                     bytes: m.len(),
@@ -629,6 +630,29 @@ fn sizes(root: &Path, bin_dir: &Path, functions: &[String], scratch: &Path) -> V
             }
         })
         .collect()
+}
+
+/// Where the last arm64 cross build left `function`: cargo lambda moves each binary to
+/// target/lambda/<function>/bootstrap (whatever the architecture of that build, so the ELF
+/// header decides); a plain `cargo build --target aarch64-unknown-linux-gnu` leaves it under
+/// the target triple.
+fn arm64_binary(root: &Path, arm64_dir: &Path, function: &str) -> Option<PathBuf> {
+    const EM_AARCH64: u16 = 183;
+    let is_arm64 = |path: &Path| {
+        let mut header = [0u8; 20];
+        std::fs::File::open(path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut header))
+            .is_ok_and(|()| {
+                header.starts_with(b"\x7fELF")
+                    && u16::from_le_bytes([header[18], header[19]]) == EM_AARCH64
+            })
+    };
+    [
+        root.join("target/lambda").join(function).join("bootstrap"),
+        arm64_dir.join(function),
+    ]
+    .into_iter()
+    .find(|path| is_arm64(path))
 }
 
 /// The latest modification time of a file, or of any file under a directory (skipping

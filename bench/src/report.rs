@@ -535,8 +535,8 @@ fn render_sizes(w: &mut String, r: &Results) {
     if let (Some(first), Some(last)) = (built.iter().min(), built.iter().max()) {
         let _ = writeln!(
             w,
-            "\nThe arm64 column reads `target/aarch64-unknown-linux-gnu/release/` as the last \
-             cross build left it (built {first} to {last}); \"stale\" marks a binary older than \
+            "\nThe arm64 column reads `target/lambda/<function>/bootstrap` (an AArch64 ELF \
+             file) as the last cross build left it (built {first} to {last}); \"stale\" marks a binary older than \
              the last change to the workspace manifests, shared/ or its function. The verdict \
              uses a current arm64 binary, else stripped x86_64 (the larger of the two)."
         );
