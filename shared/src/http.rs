@@ -8,7 +8,8 @@ use lambda_http::{Body, Error, Request, RequestExt, Response};
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -16,10 +17,19 @@ use crate::i18n::Lang;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// A success: the envelope with a message in both languages, or a bare body (health).
+/// A success: the envelope with a message in both languages, or a bare body (health). The
+/// envelope's data is serialised once, straight to JSON text, not through a `Value` tree.
 pub enum Success {
-    Envelope { msg: msg::Pair, data: Value },
+    Envelope { msg: msg::Pair, data: Box<RawValue> },
     Bare { status: u16, body: Value },
+}
+
+/// The seed's success envelope.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    code: u8,
+    msg: &'a str,
+    data: &'a RawValue,
 }
 
 /// Success messages; the seed's where it gives one.
@@ -40,7 +50,8 @@ pub mod msg {
 }
 
 pub fn ok(msg: msg::Pair, data: impl Serialize) -> Result<Success, ApiError> {
-    let data = serde_json::to_value(data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let data =
+        serde_json::value::to_raw_value(&data).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Success::Envelope { msg, data })
 }
 
@@ -74,15 +85,10 @@ where
     let outcome = work.instrument(span.clone()).await;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _entered = span.enter();
-    let (status, body, retry_after) = match outcome {
-        Ok(Success::Bare { status, body }) => {
+    let (status, body, retry_after) = match outcome.and_then(|success| render(success, lang)) {
+        Ok((status, body)) => {
             tracing::info!(status, elapsed_ms, "ok");
             (status, body, None)
-        }
-        Ok(Success::Envelope { msg, data }) => {
-            tracing::info!(status = 200, elapsed_ms, "ok");
-            let msg = lang.pick(msg.0, msg.1);
-            (200, json!({ "code": 0, "msg": msg, "data": data }), None)
         }
         Err(err) => {
             let status = err.status();
@@ -95,7 +101,7 @@ where
                 ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
                 _ => None,
             };
-            (status, err.body(lang), retry)
+            (status, err.body(lang).to_string(), retry)
         }
     };
     let mut response = Response::builder()
@@ -104,7 +110,24 @@ where
     if let Some(secs) = retry_after {
         response = response.header("retry-after", secs.to_string());
     }
-    Ok(response.body(Body::Text(body.to_string()))?)
+    Ok(response.body(Body::Text(body))?)
+}
+
+/// A success as its status and JSON text.
+fn render(success: Success, lang: Lang) -> Result<(u16, String), ApiError> {
+    match success {
+        Success::Bare { status, body } => Ok((status, body.to_string())),
+        Success::Envelope { msg, data } => {
+            let envelope = Envelope {
+                code: 0,
+                msg: lang.pick(msg.0, msg.1),
+                data: &data,
+            };
+            let body =
+                serde_json::to_string(&envelope).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok((200, body))
+        }
+    }
 }
 
 /// Notes the room and uid a request concerns on its log span.
