@@ -252,3 +252,64 @@ async fn futures_join<T: std::fmt::Debug>(
     }
     results
 }
+
+/// Two transactions that each hold one row and then ask for the other's: InnoDB kills one
+/// with a deadlock (1213), and a lock wait past `innodb_lock_wait_timeout` fails with 1205.
+/// Both real errors must be the ones the store retries before answering 503.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn real_deadlocks_and_lock_wait_timeouts_are_retryable(pool: DbPool) {
+    use sqlx::{Connection, Executor};
+    sqlx::raw_sql(
+        "CREATE TABLE lock_probe (id INT PRIMARY KEY) ENGINE=InnoDB; \
+         INSERT INTO lock_probe VALUES (1), (2);",
+    )
+    .execute(&pool)
+    .await
+    .expect("probe table");
+    const LOCK_1: &str = "SELECT id FROM lock_probe WHERE id = 1 FOR UPDATE";
+    const LOCK_2: &str = "SELECT id FROM lock_probe WHERE id = 2 FOR UPDATE";
+
+    let mut a = pool.acquire().await.expect("connection a");
+    let mut b = pool.acquire().await.expect("connection b");
+    let mut ta = a.begin().await.expect("begin a");
+    let mut tb = b.begin().await.expect("begin b");
+    ta.execute(LOCK_1).await.expect("a holds 1");
+    tb.execute(LOCK_2).await.expect("b holds 2");
+    let (ra, rb) = tokio::join!(ta.execute(LOCK_2), async {
+        // Let a queue for row 2 first, so b's request closes the cycle.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tb.execute(LOCK_1).await
+    });
+    let errors: Vec<sqlx::Error> = [ra.err(), rb.err()].into_iter().flatten().collect();
+    println!(
+        "deadlock: 2 transactions, {} chosen as victim",
+        errors.len()
+    );
+    assert_eq!(errors.len(), 1, "exactly one victim");
+    let number = |e: &sqlx::Error| {
+        e.as_database_error()
+            .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .map(|d| d.number())
+    };
+    assert_eq!(number(&errors[0]), Some(1213), "{:?}", errors[0]);
+    assert!(call_shared::store::is_retryable(&errors[0]));
+    // The survivor still holds both rows until it ends.
+    ta.rollback().await.expect("rollback a");
+    tb.rollback().await.expect("rollback b");
+
+    let mut holder = pool.acquire().await.expect("holder");
+    let mut waiter = pool.acquire().await.expect("waiter");
+    let mut held = holder.begin().await.expect("begin holder");
+    held.execute(LOCK_1).await.expect("holds 1");
+    waiter
+        .execute("SET SESSION innodb_lock_wait_timeout = 1")
+        .await
+        .expect("short lock wait");
+    let mut waiting = waiter.begin().await.expect("begin waiter");
+    let err = waiting
+        .execute(LOCK_1)
+        .await
+        .expect_err("lock wait timeout");
+    assert_eq!(number(&err), Some(1205), "{err:?}");
+    assert!(call_shared::store::is_retryable(&err));
+}
