@@ -2,6 +2,8 @@
 
 use std::collections::HashSet;
 
+use sqlx::Connection;
+
 use super::*;
 
 impl Store {
@@ -12,16 +14,22 @@ impl Store {
         invitees: &[String],
         now: Now,
     ) -> Result<CallState, ApiError> {
-        retrying(|| self.create_room_once(new, invitees, now)).await
+        retrying(|| {
+            self.with_conn(async |conn: &mut DbConnection| {
+                self.create_room_on(conn, new, invitees, now).await
+            })
+        })
+        .await
     }
 
-    async fn create_room_once(
+    async fn create_room_on(
         &self,
+        conn: &mut DbConnection,
         new: &NewRoom,
         invitees: &[String],
         now: Now,
     ) -> Result<CallState, TxError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let mut everyone = vec![new.creator.clone()];
         everyone.extend(invitees.iter().cloned());
         let busy = live_uids(&mut tx, &everyone, None).await?;
@@ -209,41 +217,47 @@ impl Store {
         spec: Change<'_>,
         rule: impl Fn(&mut CallState, &HashSet<String>) -> Result<T, ApiError>,
     ) -> Result<(CallState, T, bool), ApiError> {
-        retrying(|| async {
-            let (mut tx, mut state) = self.lock(spec.room_name).await?;
-            let busy = live_uids(&mut tx, spec.check_busy, Some(spec.room_name)).await?;
-            let was_final = state.room.status.is_final();
-            let answer = rule(&mut state, &busy)?;
-            let finalised = !was_final && state.room.status.is_final();
-            if state.is_changed() {
-                match write_back(&mut tx, &mut state).await {
-                    // The uid rings or talks in another call; the database said so.
-                    Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
-                        if let Some(uid) = spec.live_conflict {
-                            let busy_uids = vec![uid.to_owned()];
-                            return Err(ApiError::ParticipantInCall { busy_uids }.into());
+        retrying(|| {
+            self.with_conn(async |conn: &mut DbConnection| {
+                let (mut tx, mut state) = lock(conn, spec.room_name).await?;
+                let busy = live_uids(&mut tx, spec.check_busy, Some(spec.room_name)).await?;
+                let was_final = state.room.status.is_final();
+                let answer = rule(&mut state, &busy)?;
+                let finalised = !was_final && state.room.status.is_final();
+                if state.is_changed() {
+                    match write_back(&mut tx, &mut state).await {
+                        // The uid rings or talks in another call; the database said so.
+                        Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
+                            if let Some(uid) = spec.live_conflict {
+                                let busy_uids = vec![uid.to_owned()];
+                                return Err(ApiError::ParticipantInCall { busy_uids }.into());
+                            }
+                            return Err(err.into());
                         }
-                        return Err(err.into());
+                        other => other?,
                     }
-                    other => other?,
+                    if finalised && spec.teardown && self.teardown {
+                        queue_teardown(&mut tx, &state.room.room_name, state.room.updated_at)
+                            .await?;
+                    }
+                    tx.commit().await?;
                 }
-                if finalised && spec.teardown && self.teardown {
-                    queue_teardown(&mut tx, &state.room.room_name, state.room.updated_at).await?;
-                }
-                tx.commit().await?;
-            }
-            Ok((state, answer, finalised))
+                Ok((state, answer, finalised))
+            })
         })
         .await
     }
+}
 
-    /// Begin a transaction holding the room's row and its participant rows.
-    pub(super) async fn lock(&self, room_name: &str) -> Result<(Tx, CallState), TxError> {
-        let mut tx = self.pool.begin().await?;
-        match lock_call(&mut tx, room_name).await? {
-            Some(state) => Ok((tx, state)),
-            None => Err(ApiError::RoomNotFound.into()),
-        }
+/// Begin a transaction holding the room's row and its participant rows.
+async fn lock<'c>(
+    conn: &'c mut DbConnection,
+    room_name: &str,
+) -> Result<(Tx<'c>, CallState), TxError> {
+    let mut tx = conn.begin().await?;
+    match lock_call(&mut tx, room_name).await? {
+        Some(state) => Ok((tx, state)),
+        None => Err(ApiError::RoomNotFound.into()),
     }
 }
 

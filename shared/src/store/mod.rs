@@ -6,9 +6,11 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
+use sqlx::pool::PoolConnection;
 use sqlx::{QueryBuilder, Row};
 
 use crate::config::ConfigError;
@@ -19,7 +21,8 @@ use crate::rules::{self, Action, CallState};
 pub use backend::{Db, MIGRATOR, TEST_URL_EXAMPLE, URL_SCHEMES};
 
 pub type DbPool = sqlx::Pool<Db>;
-type Tx = sqlx::Transaction<'static, Db>;
+type Tx<'c> = sqlx::Transaction<'c, Db>;
+type DbConnection = <Db as sqlx::Database>::Connection;
 
 mod backend;
 mod calls;
@@ -110,6 +113,10 @@ impl TxError {
         matches!(self, TxError::Db(sqlx::Error::Io(_)))
     }
 
+    fn breaks_connection(&self) -> bool {
+        matches!(self, TxError::Db(err) if is_unavailable(err))
+    }
+
     fn into_api(self) -> ApiError {
         match self {
             TxError::Api(err) => err,
@@ -183,9 +190,30 @@ pub struct RoomResult {
     pub finalised: bool,
 }
 
+/// What a failure says about the connection it happened on.
+trait ConnectionFailure {
+    fn breaks_connection(&self) -> bool;
+}
+
+impl ConnectionFailure for sqlx::Error {
+    fn breaks_connection(&self) -> bool {
+        is_unavailable(self)
+    }
+}
+
+impl ConnectionFailure for TxError {
+    fn breaks_connection(&self) -> bool {
+        TxError::breaks_connection(self)
+    }
+}
+
+/// The connection kept from one request to the next, and when it was last used.
+type PinnedSlot = tokio::sync::Mutex<Option<(PoolConnection<Db>, Instant)>>;
+
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
+    pinned: Arc<PinnedSlot>,
     /// Whether final rooms are queued for a LiveKit DeleteRoom (only when LiveKit is configured).
     teardown: bool,
 }
@@ -224,6 +252,7 @@ impl Store {
     pub fn from_pool(pool: DbPool) -> Self {
         Store {
             pool,
+            pinned: Arc::default(),
             teardown: false,
         }
     }
@@ -237,23 +266,79 @@ impl Store {
         &self.pool
     }
 
+    /// Closes the store: gives back the kept connection and closes the pool; every later
+    /// call fails as unavailable.
+    pub async fn close(&self) {
+        self.pinned.lock().await.take();
+        self.pool.close().await;
+    }
+
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
     }
 
+    /// Runs `work` on the connection the store keeps between requests when it is free, else
+    /// on one from the pool.
+    ///
+    /// A function serves one request at a time, so in Lambda every request finds the kept
+    /// connection free and it never goes back to the pool: sqlx pings every connection it
+    /// takes back (a round trip no statement needs), so a pooled-per-request connection costs
+    /// one COM_PING per request. Concurrent callers in one process (tests, the local job)
+    /// fall back to the pool, so races still meet in the database. A connection that failed
+    /// with an I/O or protocol error, or sat idle past IDLE_TIMEOUT (the function may have
+    /// been frozen), is closed instead of kept.
+    async fn with_conn<T, E>(
+        &self,
+        work: impl AsyncFnOnce(&mut DbConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error> + ConnectionFailure,
+    {
+        if self.pool.is_closed() {
+            // Shutting down: nothing may use the database any more, the kept connection
+            // included (it goes back to the closed pool, which closes it).
+            if let Ok(mut slot) = self.pinned.try_lock() {
+                slot.take();
+            }
+            return Err(sqlx::Error::PoolClosed.into());
+        }
+        let Ok(mut slot) = self.pinned.try_lock() else {
+            let mut conn = self.pool.acquire().await?;
+            return work(&mut conn).await;
+        };
+        let mut conn = match slot.take() {
+            Some((conn, used)) if used.elapsed() < IDLE_TIMEOUT => conn,
+            stale => {
+                if let Some((mut conn, _)) = stale {
+                    conn.close_on_drop();
+                }
+                self.pool.acquire().await?
+            }
+        };
+        let result = work(&mut conn).await;
+        match &result {
+            Err(err) if err.breaks_connection() => conn.close_on_drop(),
+            _ => *slot = Some((conn, Instant::now())),
+        }
+        result
+    }
+
     pub async fn ping(&self) -> Result<(), ApiError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.with_conn(async |conn: &mut DbConnection| sqlx::query("SELECT 1").execute(conn).await)
+            .await?;
         Ok(())
     }
 
     /// A room with its rows, without locks; None when the room does not exist.
     pub async fn load(&self, room_name: &str) -> Result<Option<CallState>, ApiError> {
-        retrying(|| async {
-            let rows = sqlx::query(LOAD_CALL)
-                .bind(room_name)
-                .fetch_all(&self.pool)
-                .await?;
-            Ok(decode_call(&rows)?)
+        retrying(|| {
+            self.with_conn(async |conn: &mut DbConnection| {
+                let rows = sqlx::query(LOAD_CALL)
+                    .bind(room_name)
+                    .fetch_all(conn)
+                    .await?;
+                Ok(decode_call(&rows)?)
+            })
         })
         .await
     }
@@ -264,34 +349,38 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<Room>, i64), ApiError> {
-        retrying(|| self.list_rooms_once(filter, limit, offset)).await
-    }
-
-    async fn list_rooms_once(
-        &self,
-        filter: &RoomFilter,
-        limit: i64,
-        offset: i64,
-    ) -> Result<(Vec<Room>, i64), TxError> {
-        // Both statements on one connection: one acquire and one release instead of two.
-        let mut conn = self.pool.acquire().await?;
-        let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM call_room r");
-        push_filter(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
-        if total <= offset {
-            return Ok((Vec::new(), total));
-        }
-        let mut select = QueryBuilder::<Db>::new(format!("SELECT {ROOM_COLUMNS} FROM call_room r"));
-        push_filter(&mut select, filter);
-        select.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit);
-        select.push(" OFFSET ").push_bind(offset);
-        let rows = select.build().fetch_all(&mut *conn).await?;
-        let rooms = rows.iter().map(decode_room).collect::<Result<_, _>>()?;
-        Ok((rooms, total))
+        retrying(|| {
+            self.with_conn(async |conn: &mut DbConnection| {
+                list_rooms_on(conn, filter, limit, offset).await
+            })
+        })
+        .await
     }
 }
 
-async fn lock_call(tx: &mut Tx, room_name: &str) -> Result<Option<CallState>, sqlx::Error> {
+/// The room list's count and page, both on one connection.
+async fn list_rooms_on(
+    conn: &mut DbConnection,
+    filter: &RoomFilter,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<Room>, i64), TxError> {
+    let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM call_room r");
+    push_filter(&mut count, filter);
+    let total: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
+    if total <= offset {
+        return Ok((Vec::new(), total));
+    }
+    let mut select = QueryBuilder::<Db>::new(format!("SELECT {ROOM_COLUMNS} FROM call_room r"));
+    push_filter(&mut select, filter);
+    select.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit);
+    select.push(" OFFSET ").push_bind(offset);
+    let rows = select.build().fetch_all(&mut *conn).await?;
+    let rooms = rows.iter().map(decode_room).collect::<Result<_, _>>()?;
+    Ok((rooms, total))
+}
+
+async fn lock_call(tx: &mut Tx<'_>, room_name: &str) -> Result<Option<CallState>, sqlx::Error> {
     let rows = sqlx::query(LOCK_CALL)
         .bind(room_name)
         .fetch_all(&mut **tx)
@@ -300,7 +389,7 @@ async fn lock_call(tx: &mut Tx, room_name: &str) -> Result<Option<CallState>, sq
 }
 
 async fn queue_teardown(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     room_name: &str,
     at: NaiveDateTime,
 ) -> Result<(), sqlx::Error> {
@@ -314,7 +403,7 @@ async fn queue_teardown(
 
 /// The uids among `uids` that are live (ringing or joined) in a room other than `except`.
 async fn live_uids(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     uids: &[String],
     except: Option<&str>,
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -359,7 +448,7 @@ fn push_filter(query: &mut QueryBuilder<Db>, filter: &RoomFilter) {
     }
 }
 
-async fn write_back(tx: &mut Tx, state: &mut CallState) -> Result<(), sqlx::Error> {
+async fn write_back(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::Error> {
     if state.room_changed() {
         sqlx::query("UPDATE call_room SET status = ?, updated_at = ? WHERE id = ?")
             .bind(state.room.status.code())
@@ -371,7 +460,7 @@ async fn write_back(tx: &mut Tx, state: &mut CallState) -> Result<(), sqlx::Erro
     write_rows(tx, state).await
 }
 
-async fn write_rows(tx: &mut Tx, state: &mut CallState) -> Result<(), sqlx::Error> {
+async fn write_rows(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::Error> {
     let mut new_ids = Vec::new();
     for (i, row) in state.changed_rows_indexed() {
         if row.id == 0 {

@@ -1,5 +1,7 @@
 //! LiveKit webhook events, applied in one transaction with their event id.
 
+use sqlx::Connection;
+
 use super::*;
 
 impl Store {
@@ -11,15 +13,21 @@ impl Store {
         event: &WebhookEvent,
         now: Now,
     ) -> Result<WebhookOutcome, ApiError> {
-        retrying(|| self.apply_webhook_once(event, now)).await
+        retrying(|| {
+            self.with_conn(async |conn: &mut DbConnection| {
+                self.apply_webhook_on(conn, event, now).await
+            })
+        })
+        .await
     }
 
-    async fn apply_webhook_once(
+    async fn apply_webhook_on(
         &self,
+        conn: &mut DbConnection,
         event: &WebhookEvent,
         now: Now,
     ) -> Result<WebhookOutcome, TxError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = conn.begin().await?;
         let recorded = sqlx::query("INSERT INTO webhook_event (id, received_at) VALUES (?, ?)")
             .bind(&event.id)
             .bind(now.at)
@@ -109,7 +117,7 @@ impl Store {
     /// room settles. Returns the rooms changed and those it made final (queued for teardown).
     async fn close_live_elsewhere(
         &self,
-        tx: &mut Tx,
+        tx: &mut Tx<'_>,
         uid: &str,
         room_name: &str,
         now: Now,

@@ -128,7 +128,7 @@ async fn get_room_is_served_from_the_cache_without_the_database(pool: DbPool) {
         .await
         .expect("response");
     assert_eq!(first.status(), 200);
-    pool.close().await;
+    app.store.close().await;
     let second = get_room(&app, request("GET", &path, &token, ""))
         .await
         .expect("response");

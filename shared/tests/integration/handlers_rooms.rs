@@ -46,7 +46,7 @@ async fn health_is_ok_without_a_token_when_the_database_answers(pool: DbPool) {
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn health_is_503_degraded_when_the_database_is_unreachable(pool: DbPool) {
     let app = common::app(pool);
-    app.store.pool().close().await;
+    app.store.close().await;
     let r = Api::new(&app).health().await;
     assert_eq!(r.status, 503);
     assert_eq!(

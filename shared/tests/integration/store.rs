@@ -413,3 +413,35 @@ async fn timestamps_keep_milliseconds(pool: DbPool) {
     assert_eq!(state.room.created_at, at.at);
     assert_eq!(state.rows[0].join_time, 1_705_314_600_123);
 }
+
+/// One request at a time (a Lambda instance) keeps one connection and never hands it back
+/// to the pool, which would ping it (a round trip per request); closing the store gives it
+/// back and every later call is refused as unavailable.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn sequential_calls_keep_one_connection_out_of_the_pool(pool: DbPool) {
+    let store = Store::from_pool(pool.clone());
+    store.ping().await.expect("ping");
+    store
+        .create_room(&new_room("kept", "alice"), &[], now())
+        .await
+        .expect("create");
+    store.load("kept").await.expect("load");
+    store
+        .list_rooms(&RoomFilter::default(), 10, 0)
+        .await
+        .expect("list");
+    // Let any connection handed back to the pool finish its release.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(pool.size(), 1, "one connection opened");
+    assert_eq!(
+        pool.num_idle(),
+        0,
+        "and kept by the store, not idle in the pool"
+    );
+
+    store.close().await;
+    assert!(matches!(
+        store.load("kept").await,
+        Err(ApiError::ServiceUnavailable(_))
+    ));
+}
