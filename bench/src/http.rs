@@ -162,22 +162,14 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Head and body in one write: one segment on the wire, so Nagle never holds half of it.
 pub async fn write_response<W: AsyncWrite + Unpin>(
     w: &mut W,
     status: u16,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<()> {
-    let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    w.write_all(&bytes).await?;
-    w.flush().await
+    let start = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    write_message(w, start, headers, body).await
 }
 
 pub async fn write_request<W: AsyncWrite + Unpin>(
@@ -187,12 +179,22 @@ pub async fn write_request<W: AsyncWrite + Unpin>(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> io::Result<()> {
-    let mut out = format!("{method} {target} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+    let start = format!("{method} {target} HTTP/1.1\r\nhost: 127.0.0.1\r\n");
+    write_message(w, start, headers, body).await
+}
+
+/// Head and body in one write: one segment on the wire, so Nagle never holds half of it.
+async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut head: String,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<()> {
     for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
+        head.push_str(&format!("{k}: {v}\r\n"));
     }
-    out.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-    let mut bytes = out.into_bytes();
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut bytes = head.into_bytes();
     bytes.extend_from_slice(body);
     w.write_all(&bytes).await?;
     w.flush().await

@@ -212,14 +212,7 @@ impl Raw {
     pub async fn join(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
         self.count_request("join", uid).await?;
         let mut tx = self.db.begin().await.map_err(db)?;
-        let rows = sqlx::query(LOCK_CALL)
-            .bind(room_name)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-        let (room, _) = decode(&rows)
-            .map_err(db)?
-            .ok_or_else(|| format!("raw join: no room {room_name}"))?;
+        let (room, _) = lock_call(&mut tx, room_name, "join").await?;
         update_room(&mut tx, room.id, RoomStatus::InProgress, now).await?;
         insert_participant(&mut tx, room_name, uid, now).await?;
         tx.commit().await.map_err(db)?;
@@ -256,14 +249,7 @@ impl Raw {
     /// leave-room of the second uid: lock, the room ends, both rows to hung up, DEL.
     pub async fn leave(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
         let mut tx = self.db.begin().await.map_err(db)?;
-        let rows = sqlx::query(LOCK_CALL)
-            .bind(room_name)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?;
-        let (room, parts) = decode(&rows)
-            .map_err(db)?
-            .ok_or_else(|| format!("raw leave: no room {room_name}"))?;
+        let (room, parts) = lock_call(&mut tx, room_name, "leave").await?;
         update_room(&mut tx, room.id, RoomStatus::Ended, now).await?;
         // The leaver first, then the one left behind, as the settle rule changes them.
         let mut ordered = parts.clone();
@@ -307,6 +293,22 @@ async fn insert_participant(
         .await
         .map_err(db)?;
     Ok(())
+}
+
+/// The call's room and rows under the row lock, as every call transaction starts.
+async fn lock_call(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    room_name: &str,
+    step: &str,
+) -> Res<(Room, Vec<Row3>)> {
+    let rows = sqlx::query(LOCK_CALL)
+        .bind(room_name)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+    decode(&rows)
+        .map_err(db)?
+        .ok_or_else(|| format!("raw {step}: no room {room_name}"))
 }
 
 async fn update_room(

@@ -113,10 +113,6 @@ impl TxError {
         matches!(self, TxError::Db(sqlx::Error::Io(_)))
     }
 
-    fn breaks_connection(&self) -> bool {
-        matches!(self, TxError::Db(err) if is_unavailable(err))
-    }
-
     fn into_api(self) -> ApiError {
         match self {
             TxError::Api(err) => err,
@@ -203,7 +199,7 @@ impl ConnectionFailure for sqlx::Error {
 
 impl ConnectionFailure for TxError {
     fn breaks_connection(&self) -> bool {
-        TxError::breaks_connection(self)
+        matches!(self, TxError::Db(err) if is_unavailable(err))
     }
 }
 
@@ -294,14 +290,6 @@ impl Store {
     where
         E: From<sqlx::Error> + ConnectionFailure,
     {
-        if self.pool.is_closed() {
-            // Shutting down: nothing may use the database any more, the kept connection
-            // included (it goes back to the closed pool, which closes it).
-            if let Ok(mut slot) = self.pinned.try_lock() {
-                slot.take();
-            }
-            return Err(sqlx::Error::PoolClosed.into());
-        }
         let Ok(mut slot) = self.pinned.try_lock() else {
             let mut conn = self.pool.acquire().await?;
             return work(&mut conn).await;
