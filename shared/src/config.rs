@@ -175,7 +175,7 @@ impl Config {
 
 /// The scheme must match the backend this build was compiled for.
 fn check_database_url(url: &str) -> Result<(), ConfigError> {
-    let expected = crate::store::URL_SCHEMES;
+    let expected = crate::database::URL_SCHEMES;
     if expected.iter().any(|scheme| url.starts_with(scheme)) {
         Ok(())
     } else {
@@ -202,7 +202,7 @@ mod tests {
 
     fn production() -> Vec<(&'static str, &'static str)> {
         vec![
-            ("DATABASE_URL", crate::store::TEST_URL_EXAMPLE),
+            ("DATABASE_URL", crate::database::TEST_URL_EXAMPLE),
             ("LIVEKIT_URL", "https://lk.internal:7880"),
             ("LIVEKIT_API_KEY", "key"),
             ("LIVEKIT_API_SECRET", "secret"),
@@ -212,7 +212,7 @@ mod tests {
 
     #[test]
     fn production_refuses_to_start_without_secrets() {
-        let err = config(&[("DATABASE_URL", crate::store::TEST_URL_EXAMPLE)]);
+        let err = config(&[("DATABASE_URL", crate::database::TEST_URL_EXAMPLE)]);
         assert_eq!(err, Err(ConfigError::Missing("LIVEKIT_CLIENT_URL")));
         let mut vars = production();
         vars.retain(|(k, _)| *k != "AUTH_JWT_SECRET");

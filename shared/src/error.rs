@@ -170,7 +170,7 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if crate::store::is_unavailable(&err) || crate::store::is_retryable(&err) {
+        if crate::database::is_unavailable(&err) || crate::database::is_retryable(&err) {
             ApiError::ServiceUnavailable(err.to_string())
         } else {
             ApiError::Internal(err.to_string())

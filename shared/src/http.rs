@@ -155,29 +155,42 @@ pub fn parse_json<T: DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("body: {e}")))
 }
 
-/// A path parameter: from API Gateway's pathParameters when present, else from the raw path
-/// matched against the route `pattern` (e.g. `/api/rooms/{room_name}/status`).
+/// A name taken from the path (`pattern` is the route, e.g. `/api/rooms/{room_name}/status`),
+/// percent-decoded exactly once and checked against the input rules.
+///
+/// It is read from the request's URI path, which lambda_http always hands over
+/// percent-encoded (it re-encodes the path API Gateway's HTTP API delivers decoded, and
+/// keeps the encoded one `cargo lambda watch` delivers), so one decoding gives back exactly
+/// the name a client encoded. pathParameters are not: they arrive decoded from API Gateway
+/// and still encoded from the local router. An encoded `/` decodes into a name the input
+/// rules refuse; bytes that are not UTF-8 are refused too.
 pub fn path_param(req: &Request, pattern: &str, name: &str) -> Result<String, ApiError> {
-    let value = match req.path_parameters_ref().and_then(|p| p.first(name)) {
-        Some(v) => v.to_owned(),
-        None => from_raw_path(req.uri().path(), pattern, name)
-            .ok_or_else(|| ApiError::invalid(format!("{name} is missing from the path")))?,
+    let value = match path_segment(req.uri().path(), pattern, name) {
+        Some(encoded) => percent_decode_str(encoded)
+            .decode_utf8()
+            .map_err(|_| ApiError::invalid(format!("{name} is not UTF-8 once percent-decoded")))?
+            .into_owned(),
+        // A path that does not have the route's shape (never, behind our routes).
+        None => req
+            .path_parameters_ref()
+            .and_then(|p| p.first(name))
+            .ok_or_else(|| ApiError::invalid(format!("{name} is missing from the path")))?
+            .to_owned(),
     };
     crate::validate::name(name, &value)?;
     Ok(value)
 }
 
-/// Matches the last segments of `path` (a stage prefix may come first) against `pattern`.
-fn from_raw_path(path: &str, pattern: &str, name: &str) -> Option<String> {
+/// The still-encoded segment of `path` that `pattern` names `{name}`, matching the last
+/// segments of `path` (a stage prefix may come first).
+fn path_segment<'p>(path: &'p str, pattern: &str, name: &str) -> Option<&'p str> {
     let want: Vec<&str> = pattern.trim_matches('/').split('/').collect();
     let have: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let tail = have.get(have.len().checked_sub(want.len())?..)?;
     let mut found = None;
     for (w, h) in want.iter().zip(tail) {
         match w.strip_prefix('{').and_then(|w| w.strip_suffix('}')) {
-            Some(param) if param == name => {
-                found = Some(percent_decode_str(h).decode_utf8().ok()?.into_owned())
-            }
+            Some(param) if param == name => found = Some(*h),
             Some(_) => {}
             None if w == h => {}
             None => return None,
@@ -210,21 +223,50 @@ mod tests {
 
     const PATTERN: &str = "/api/rooms/{room_name}/participants/{uid}/status";
 
+    fn request(path: &str) -> Request {
+        http::Request::builder()
+            .uri(path)
+            .body(Body::Empty)
+            .expect("request")
+    }
+
     #[test]
-    fn raw_paths_yield_decoded_parameters() {
-        let path = "/api/rooms/meeting%20x/participants/%E5%BC%A0%E4%B8%89/status";
-        assert_eq!(from_raw_path(path, PATTERN, "uid").as_deref(), Some("张三"));
+    fn path_names_are_decoded_exactly_once() {
+        let req = request("/api/rooms/caf%C3%A9_x/participants/%E5%BC%A0%E4%B8%89/status");
+        assert_eq!(path_param(&req, PATTERN, "uid"), Ok("张三".to_owned()));
         assert_eq!(
-            from_raw_path(path, PATTERN, "room_name").as_deref(),
-            Some("meeting x")
+            path_param(&req, PATTERN, "room_name"),
+            Ok("café_x".to_owned())
         );
+        // `%2541` is the name `%41`, not `A`.
+        let req = request("/api/rooms/r%2541/participants/x'OR'1'%3D'1'--/status");
+        assert_eq!(
+            path_param(&req, PATTERN, "room_name"),
+            Ok("r%41".to_owned())
+        );
+        assert_eq!(
+            path_param(&req, PATTERN, "uid"),
+            Ok("x'OR'1'='1'--".to_owned())
+        );
+    }
+
+    #[test]
+    fn encoded_slashes_and_invalid_utf8_are_invalid_parameters() {
+        for path in [
+            "/api/rooms/a%2Fb/participants/u1/status",
+            "/api/rooms/%FF%FE/participants/u1/status",
+            "/api/rooms/a%20b/participants/u1/status",
+        ] {
+            let err = path_param(&request(path), PATTERN, "room_name").expect_err(path);
+            assert_eq!(err.key(), "invalid_parameters", "{path}");
+        }
     }
 
     #[test]
     fn a_stage_prefix_is_ignored_and_other_routes_do_not_match() {
         let path = "/prod/api/rooms/r1/participants/u1/status";
-        assert_eq!(from_raw_path(path, PATTERN, "uid").as_deref(), Some("u1"));
-        assert_eq!(from_raw_path("/api/rooms/r1/invite", PATTERN, "uid"), None);
-        assert_eq!(from_raw_path("/status", PATTERN, "uid"), None);
+        assert_eq!(path_segment(path, PATTERN, "uid"), Some("u1"));
+        assert_eq!(path_segment("/api/rooms/r1/invite", PATTERN, "uid"), None);
+        assert_eq!(path_segment("/status", PATTERN, "uid"), None);
     }
 }

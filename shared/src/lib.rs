@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod database;
 pub mod error;
 pub mod handlers;
 pub mod http;

@@ -12,7 +12,7 @@ use livekit_protocol::WebhookEvent as LiveKitEvent;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::model::Room;
-use crate::store::{WebhookEvent, WebhookKind};
+use crate::model::{WebhookEvent, WebhookKind};
 
 /// DESIGN: a DeleteRoom never holds a request up for long.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(2);

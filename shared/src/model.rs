@@ -162,6 +162,23 @@ pub struct Participant {
     pub updated_at: NaiveDateTime,
 }
 
+/// A verified LiveKit webhook event, reduced to what the lifecycle needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookEvent {
+    pub id: String,
+    pub room_name: String,
+    /// LiveKit's createdAt, Unix seconds.
+    pub created_at: i64,
+    pub kind: WebhookKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookKind {
+    ParticipantJoined { uid: String },
+    ParticipantLeft { uid: String },
+    RoomFinished,
+}
+
 /// One instant, as the database stores it (UTC, millisecond precision) and as Unix ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Now {

@@ -463,7 +463,7 @@ mod tests {
                 ("AWS_ENDPOINT_URL", self.url.clone()),
                 ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
                 ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-                ("DATABASE_URL", crate::store::TEST_URL_EXAMPLE.to_owned()),
+                ("DATABASE_URL", crate::database::TEST_URL_EXAMPLE.to_owned()),
                 ("LIVEKIT_URL", "https://lk.internal:7880".to_owned()),
                 ("LIVEKIT_API_KEY", "env-key".to_owned()),
                 ("LIVEKIT_API_SECRET", "env-secret".to_owned()),
@@ -507,7 +507,7 @@ mod tests {
     async fn secrets_from_the_emulator_override_the_environment() {
         let moto = Moto::start();
         // Differs from the environment's DATABASE_URL, with the scheme this build speaks.
-        let database_url = format!("{}_from_secret", crate::store::TEST_URL_EXAMPLE);
+        let database_url = format!("{}_from_secret", crate::database::TEST_URL_EXAMPLE);
         let text = serde_json::json!({
             "database_url": database_url,
             "redis_url": "redis://cache.internal:6379/0",

@@ -7,8 +7,14 @@ pub const SOURCE_CHANNEL_ID_MAX_CHARS: usize = 100;
 pub const LIMIT_MAX: i64 = 100;
 pub const LIMIT_DEFAULT: i64 = 10;
 
-/// room_name and uid: 1–40 characters, no whitespace, no control characters, no `/`.
+/// room_name and uid: 1–40 characters, no whitespace, no control characters, no `/`, and not
+/// `.` or `..`, which a URL path cannot carry as a segment (they are resolved away).
 pub fn name(field: &str, value: &str) -> Result<(), ApiError> {
+    if value == "." || value == ".." {
+        return Err(ApiError::invalid(format!(
+            "{field} must not be '.' or '..'"
+        )));
+    }
     let chars = value.chars().count();
     if chars == 0 || chars > NAME_MAX_CHARS {
         return Err(ApiError::invalid(format!(
@@ -102,6 +108,9 @@ mod tests {
         assert!(name("uid", "a/b").is_err());
         assert!(name("uid", "a\u{0}b").is_err());
         assert!(name("room_name", "tab\there").is_err());
+        assert!(name("room_name", "..").is_err());
+        assert!(name("room_name", ".").is_err());
+        assert!(name("room_name", "...").is_ok());
     }
 
     #[test]

@@ -282,7 +282,7 @@ mod tests {
             .and_then(|l| l.local_addr())
             .expect("port")
             .port();
-        let url = if call_shared::store::URL_SCHEMES.contains(&"sqlite:") {
+        let url = if call_shared::database::URL_SCHEMES.contains(&"sqlite:") {
             "sqlite:///nonexistent-dir/call.db".to_owned()
         } else {
             format!("mysql://root@127.0.0.1:{port}/test")
@@ -293,13 +293,13 @@ mod tests {
     /// A database of its own on the test MariaDB (DATABASE_URL, started by scripts/test.sh), or
     /// a fresh SQLite file in the embedded build.
     async fn empty_database_url() -> String {
-        if call_shared::store::URL_SCHEMES.contains(&"sqlite:") {
+        if call_shared::database::URL_SCHEMES.contains(&"sqlite:") {
             let path = std::env::temp_dir().join(format!("call-migrate-{}.db", std::process::id()));
             let _ = std::fs::remove_file(&path);
             return format!("sqlite://{}?mode=rwc", path.display());
         }
         let admin = std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| call_shared::store::TEST_URL_EXAMPLE.to_owned());
+            .unwrap_or_else(|_| call_shared::database::TEST_URL_EXAMPLE.to_owned());
         let store = Store::connect_lazy(&admin).expect("DATABASE_URL");
         sqlx::query("DROP DATABASE IF EXISTS call_migrate_custom_resource")
             .execute(store.pool())

@@ -1,14 +1,11 @@
-//! The one place the two backends differ: types, pool options, a few SQL words, and how
-//! each names its errors. A build speaks exactly one of them.
+//! The few places the two backends' SQL and pools differ. A build speaks exactly one of them
+//! (see [`crate::database`]).
 
 #[cfg(not(feature = "embedded"))]
 mod mysql {
-    use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPoolOptions};
+    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
-    pub type Db = sqlx::MySql;
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
-    pub const URL_SCHEMES: &[&str] = &["mysql://", "mariadb://"];
-    pub const TEST_URL_EXAMPLE: &str = "mysql://root@127.0.0.1:3306/test";
     /// Row locks for the read that starts a call transaction.
     macro_rules! for_update {
         () => {
@@ -16,6 +13,9 @@ mod mysql {
         };
     }
     pub(crate) use for_update;
+
+    /// InnoDB takes row locks as the transaction reads them (FOR UPDATE).
+    pub const BEGIN: &str = "BEGIN";
 
     pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
         let options: MySqlConnectOptions = url.parse()?;
@@ -37,38 +37,18 @@ mod mysql {
     pub fn last_insert_id(result: &sqlx::mysql::MySqlQueryResult) -> i64 {
         result.last_insert_id() as i64
     }
-
-    /// Deadlock (1213) and lock-wait timeout (1205) are worth another attempt.
-    pub fn is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
-        db.try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| matches!(e.number(), 1205 | 1213))
-    }
-
-    /// Which unique key a duplicate-entry error names.
-    pub fn unique_key(message: &str) -> Option<crate::store::UniqueKey> {
-        use crate::store::UniqueKey::*;
-        [
-            ("uq_live_uid", LiveUid),
-            ("uq_live_channel", LiveChannel),
-            ("uq_room_uid", RoomUid),
-            ("uq_room_name", RoomName),
-        ]
-        .into_iter()
-        .find_map(|(name, key)| message.contains(name).then_some(key))
-    }
 }
 #[cfg(not(feature = "embedded"))]
 pub use mysql::*;
 
 #[cfg(feature = "embedded")]
 mod sqlite {
+    use std::time::Duration;
+
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-    pub type Db = sqlx::Sqlite;
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-    pub const URL_SCHEMES: &[&str] = &["sqlite:"];
-    pub const TEST_URL_EXAMPLE: &str = "sqlite://.local/test.db";
-    /// SQLite has no row locks: one connection serialises every transaction instead.
+    /// SQLite has no row locks: the write lock taken at BEGIN serialises transactions instead.
     macro_rules! for_update {
         () => {
             ""
@@ -76,14 +56,26 @@ mod sqlite {
     }
     pub(crate) use for_update;
 
+    /// Take the write lock at BEGIN: a deferred transaction that reads first and writes later
+    /// fails at once with SQLITE_BUSY(_SNAPSHOT) when another writer got in between, whereas
+    /// an immediate one waits its turn under the busy timeout.
+    pub const BEGIN: &str = "BEGIN IMMEDIATE";
+
+    /// One writer at a time is SQLite's nature: a transaction waits this long for the write
+    /// lock (held for milliseconds by each call transaction) before it gives up.
+    const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
     pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
         let options: SqliteConnectOptions = url.parse()?;
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        // Two connections, as on MySQL: the one the store keeps between requests and one for a
+        // concurrent caller in the same process, so neither waits for the other's slot.
         Ok(SqlitePoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
             .acquire_timeout(crate::store::ACQUIRE_TIMEOUT)
             .idle_timeout(crate::store::IDLE_TIMEOUT)
             .test_before_acquire(false)
@@ -95,23 +87,6 @@ mod sqlite {
 
     pub fn last_insert_id(result: &sqlx::sqlite::SqliteQueryResult) -> i64 {
         result.last_insert_rowid()
-    }
-
-    pub fn is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
-        // SQLITE_BUSY / SQLITE_LOCKED
-        matches!(db.code().as_deref(), Some("5" | "6" | "517"))
-    }
-
-    pub fn unique_key(message: &str) -> Option<crate::store::UniqueKey> {
-        use crate::store::UniqueKey::*;
-        [
-            ("call_participant.room_name, call_participant.uid", RoomUid),
-            ("call_participant.uid", LiveUid),
-            ("call_room.source_channel", LiveChannel),
-            ("call_room.room_name", RoomName),
-        ]
-        .into_iter()
-        .find_map(|(name, key)| message.contains(name).then_some(key))
     }
 }
 #[cfg(feature = "embedded")]

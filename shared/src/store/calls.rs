@@ -2,8 +2,6 @@
 
 use std::collections::HashSet;
 
-use sqlx::Connection;
-
 use super::*;
 
 impl Store {
@@ -16,87 +14,22 @@ impl Store {
     ) -> Result<CallState, ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
-                self.create_room_on(conn, new, invitees, now).await
+                let created =
+                    in_transaction(conn, async |tx| insert_call(tx, new, invitees, now).await)
+                        .await;
+                match created {
+                    // Name the open room, now that the refused transaction is over.
+                    Err(TxError::Api(ApiError::ChannelHasActiveRoom { .. })) => {
+                        let room_name = active_room_of_channel(conn, new).await?;
+                        Err(ApiError::ChannelHasActiveRoom {
+                            room_name: room_name.unwrap_or_default(),
+                        }
+                        .into())
+                    }
+                    other => other,
+                }
             })
         })
-        .await
-    }
-
-    async fn create_room_on(
-        &self,
-        conn: &mut DbConnection,
-        new: &NewRoom,
-        invitees: &[String],
-        now: Now,
-    ) -> Result<CallState, TxError> {
-        let mut tx = conn.begin().await?;
-        let mut everyone = vec![new.creator.clone()];
-        everyone.extend(invitees.iter().cloned());
-        let busy = live_uids(&mut tx, &everyone, None).await?;
-        if busy.contains(&new.creator) {
-            return Err(ApiError::CreatorInAnotherCall.into());
-        }
-        if !busy.is_empty() {
-            let busy_uids = invitees
-                .iter()
-                .filter(|u| busy.contains(*u))
-                .cloned()
-                .collect();
-            return Err(ApiError::ParticipantInCall { busy_uids }.into());
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
-             call_type, invite_on, max_participants, status, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&new.source_channel_id)
-        .bind(new.source_channel_type)
-        .bind(&new.creator)
-        .bind(&new.room_name)
-        .bind(new.call_type)
-        .bind(new.invite_on)
-        .bind(new.max_participants)
-        .bind(RoomStatus::NotStarted.code())
-        .bind(now.at)
-        .bind(now.at)
-        .execute(&mut *tx)
-        .await;
-        let id = match inserted {
-            Ok(result) => backend::last_insert_id(&result),
-            Err(err) if unique_violation(&err) == Some(UniqueKey::LiveChannel) => {
-                drop(tx);
-                let room_name = self.active_room_of_channel(new).await?.unwrap_or_default();
-                return Err(ApiError::ChannelHasActiveRoom { room_name }.into());
-            }
-            Err(err) => return Err(err.into()),
-        };
-        let room = Room {
-            id,
-            source_channel_id: new.source_channel_id.clone(),
-            source_channel_type: new.source_channel_type,
-            creator: new.creator.clone(),
-            room_name: new.room_name.clone(),
-            call_type: new.call_type,
-            invite_on: new.invite_on,
-            max_participants: new.max_participants,
-            status: RoomStatus::NotStarted,
-            created_at: now.at,
-            updated_at: now.at,
-        };
-        let mut state = rules::new_call(room, invitees, now);
-        write_rows(&mut tx, &mut state).await?;
-        tx.commit().await?;
-        Ok(state)
-    }
-
-    async fn active_room_of_channel(&self, new: &NewRoom) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT room_name FROM call_room WHERE source_channel_type = ? \
-             AND source_channel_id = ? AND status IN (0, 1) LIMIT 1",
-        )
-        .bind(new.source_channel_type)
-        .bind(&new.source_channel_id)
-        .fetch_optional(&self.pool)
         .await
     }
 
@@ -219,45 +152,39 @@ impl Store {
     ) -> Result<(CallState, T, bool), ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
-                let (mut tx, mut state) = lock(conn, spec.room_name).await?;
-                let busy = live_uids(&mut tx, spec.check_busy, Some(spec.room_name)).await?;
-                let was_final = state.room.status.is_final();
-                let answer = rule(&mut state, &busy)?;
-                let finalised = !was_final && state.room.status.is_final();
-                if state.is_changed() {
-                    match write_back(&mut tx, &mut state).await {
+                in_transaction(conn, async |tx| {
+                    let mut state = lock_call(tx, spec.room_name)
+                        .await?
+                        .ok_or(ApiError::RoomNotFound)?;
+                    let busy = live_uids(tx, spec.check_busy, Some(spec.room_name)).await?;
+                    let was_final = state.room.status.is_final();
+                    let answer = rule(&mut state, &busy)?;
+                    let finalised = !was_final && state.room.status.is_final();
+                    if !state.is_changed() {
+                        return Ok((state, answer, finalised));
+                    }
+                    match write_back(tx, &mut state).await {
                         // The uid rings or talks in another call; the database said so.
                         Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
-                            if let Some(uid) = spec.live_conflict {
-                                let busy_uids = vec![uid.to_owned()];
-                                return Err(ApiError::ParticipantInCall { busy_uids }.into());
-                            }
-                            return Err(err.into());
+                            return Err(match spec.live_conflict {
+                                Some(uid) => ApiError::ParticipantInCall {
+                                    busy_uids: vec![uid.to_owned()],
+                                }
+                                .into(),
+                                None => err.into(),
+                            });
                         }
                         other => other?,
                     }
                     if finalised && spec.teardown && self.teardown {
-                        queue_teardown(&mut tx, &state.room.room_name, state.room.updated_at)
-                            .await?;
+                        queue_teardown(tx, &state.room.room_name, state.room.updated_at).await?;
                     }
-                    tx.commit().await?;
-                }
-                Ok((state, answer, finalised))
+                    Ok((state, answer, finalised))
+                })
+                .await
             })
         })
         .await
-    }
-}
-
-/// Begin a transaction holding the room's row and its participant rows.
-async fn lock<'c>(
-    conn: &'c mut DbConnection,
-    room_name: &str,
-) -> Result<(Tx<'c>, CallState), TxError> {
-    let mut tx = conn.begin().await?;
-    match lock_call(&mut tx, room_name).await? {
-        Some(state) => Ok((tx, state)),
-        None => Err(ApiError::RoomNotFound.into()),
     }
 }
 
@@ -270,4 +197,86 @@ pub(super) struct Change<'a> {
     pub(super) live_conflict: Option<&'a str>,
     /// Queue a LiveKit DeleteRoom when the room becomes final.
     pub(super) teardown: bool,
+}
+
+/// Create's one transaction: the room, the creator joined and the invitees ringing. Refused
+/// before anything is written when the creator or an invitee is live elsewhere.
+async fn insert_call(
+    tx: &mut Tx<'_>,
+    new: &NewRoom,
+    invitees: &[String],
+    now: Now,
+) -> Result<CallState, TxError> {
+    let mut everyone = vec![new.creator.clone()];
+    everyone.extend(invitees.iter().cloned());
+    let busy = live_uids(tx, &everyone, None).await?;
+    if busy.contains(&new.creator) {
+        return Err(ApiError::CreatorInAnotherCall.into());
+    }
+    if !busy.is_empty() {
+        let busy_uids = invitees
+            .iter()
+            .filter(|u| busy.contains(*u))
+            .cloned()
+            .collect();
+        return Err(ApiError::ParticipantInCall { busy_uids }.into());
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
+         call_type, invite_on, max_participants, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&new.source_channel_id)
+    .bind(new.source_channel_type)
+    .bind(&new.creator)
+    .bind(&new.room_name)
+    .bind(new.call_type)
+    .bind(new.invite_on)
+    .bind(new.max_participants)
+    .bind(RoomStatus::NotStarted.code())
+    .bind(now.at)
+    .bind(now.at)
+    .execute(&mut **tx)
+    .await;
+    let id = match inserted {
+        Ok(result) => backend::last_insert_id(&result),
+        Err(err) if unique_violation(&err) == Some(UniqueKey::LiveChannel) => {
+            // The caller names the open room once this transaction is rolled back.
+            return Err(ApiError::ChannelHasActiveRoom {
+                room_name: String::new(),
+            }
+            .into());
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let room = Room {
+        id,
+        source_channel_id: new.source_channel_id.clone(),
+        source_channel_type: new.source_channel_type,
+        creator: new.creator.clone(),
+        room_name: new.room_name.clone(),
+        call_type: new.call_type,
+        invite_on: new.invite_on,
+        max_participants: new.max_participants,
+        status: RoomStatus::NotStarted,
+        created_at: now.at,
+        updated_at: now.at,
+    };
+    let mut state = rules::new_call(room, invitees, now);
+    write_rows(tx, &mut state).await?;
+    Ok(state)
+}
+
+async fn active_room_of_channel(
+    conn: &mut DbConnection,
+    new: &NewRoom,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT room_name FROM call_room WHERE source_channel_type = ? \
+         AND source_channel_id = ? AND status IN (0, 1) LIMIT 1",
+    )
+    .bind(new.source_channel_type)
+    .bind(&new.source_channel_id)
+    .fetch_optional(conn)
+    .await
 }

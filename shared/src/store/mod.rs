@@ -11,14 +11,17 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use sqlx::pool::PoolConnection;
-use sqlx::{QueryBuilder, Row};
+use sqlx::{Connection, QueryBuilder, Row};
 
 use crate::config::ConfigError;
 use crate::error::ApiError;
 use crate::model::{Now, Participant, ParticipantStatus, Room, RoomStatus};
 use crate::rules::{self, Action, CallState};
 
-pub use backend::{Db, MIGRATOR, TEST_URL_EXAMPLE, URL_SCHEMES};
+pub use crate::database::{
+    Db, TEST_URL_EXAMPLE, URL_SCHEMES, UniqueKey, is_retryable, is_unavailable, unique_violation,
+};
+pub use backend::MIGRATOR;
 
 pub type DbPool = sqlx::Pool<Db>;
 type Tx<'c> = sqlx::Transaction<'c, Db>;
@@ -29,49 +32,18 @@ mod calls;
 mod sweeps;
 mod webhooks;
 
-pub use webhooks::{WebhookEvent, WebhookKind, WebhookOutcome};
+pub use webhooks::WebhookOutcome;
 
 use backend::for_update;
 
 // Short enough that an outage answers 503 well inside the function timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
-const MAX_ATTEMPTS: u32 = 4;
+/// Attempts of one transaction on deadlocks, lock-wait timeouts and live-row races.
+pub const MAX_ATTEMPTS: u32 = 4;
 /// Connections idle longer than this are reopened rather than trusted.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The unique keys of the schema, as a constraint violation names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UniqueKey {
-    RoomName,
-    LiveChannel,
-    RoomUid,
-    LiveUid,
-}
-
-pub fn unique_violation(err: &sqlx::Error) -> Option<UniqueKey> {
-    let db = err.as_database_error()?;
-    if db.kind() != sqlx::error::ErrorKind::UniqueViolation {
-        return None;
-    }
-    backend::unique_key(db.message())
-}
-
-/// The database could not be reached or answered in time: 503, and worth trying later.
-pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Protocol(_)
-    )
-}
-
-pub fn is_retryable(err: &sqlx::Error) -> bool {
-    err.as_database_error().is_some_and(backend::is_retryable)
-}
+/// How long closing a connection that cannot be reused may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A failure inside a transaction: a domain refusal, or a database error that may be retried.
 #[derive(Debug)]
@@ -124,7 +96,8 @@ impl TxError {
     }
 }
 
-/// Run one transaction attempt again on deadlocks, lock-wait timeouts and live-row races.
+/// Run one transaction attempt again on deadlocks, lock-wait timeouts and live-row races,
+/// after a short growing pause; a broken connection is worth exactly one more attempt.
 async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
@@ -140,9 +113,45 @@ where
                     && (err.is_retryable() || (tries == 1 && err.is_broken_connection())) =>
             {
                 tracing::warn!(attempt = tries, error = ?err, "retrying transaction");
-                tokio::time::sleep(Duration::from_millis(5 * u64::from(tries))).await;
+                tokio::time::sleep(backoff(tries)).await;
             }
-            Err(err) => return Err(err.into_api()),
+            Err(err) => {
+                if err.is_retryable() {
+                    tracing::error!(attempts = tries, error = ?err, "transaction gave up");
+                }
+                return Err(err.into_api());
+            }
+        }
+    }
+}
+
+/// The pause before attempt `tries + 1`: 5, 10, 15 ms.
+pub fn backoff(tries: u32) -> Duration {
+    Duration::from_millis(5 * u64::from(tries))
+}
+
+/// Runs `work` inside one transaction on `conn` and ends that transaction here, awaited,
+/// whatever `work` decided: committed when it succeeds, rolled back when it refuses or fails.
+/// No caller can forget either, so a refusal never leaves row locks behind on a connection
+/// that is kept for the next request. The only place in the service that begins one
+/// (clippy.toml refuses `begin` anywhere else).
+#[allow(clippy::disallowed_methods)]
+async fn in_transaction<T>(
+    conn: &mut DbConnection,
+    work: impl AsyncFnOnce(&mut Tx<'_>) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    let mut tx = conn.begin_with(backend::BEGIN).await?;
+    match work(&mut tx).await {
+        Ok(value) => {
+            tx.commit().await?;
+            Ok(value)
+        }
+        Err(err) => {
+            if let Err(rollback) = tx.rollback().await {
+                // The connection is gone or confused; `with_conn` will not reuse it.
+                tracing::warn!(error = %rollback, "rollback failed");
+            }
+            Err(err)
         }
     }
 }
@@ -200,6 +209,43 @@ impl ConnectionFailure for sqlx::Error {
 impl ConnectionFailure for TxError {
     fn breaks_connection(&self) -> bool {
         matches!(self, TxError::Db(err) if is_unavailable(err))
+    }
+}
+
+fn result_breaks<T, E: ConnectionFailure>(result: &Result<T, E>) -> bool {
+    matches!(result, Err(err) if err.breaks_connection())
+}
+
+/// The last step of every use of a connection: returns it when it can serve the next request,
+/// closes it (awaited, so a frozen Lambda cannot keep it open) when it cannot.
+///
+/// A connection is reusable only outside any transaction with nothing queued on it. A
+/// `sqlx::Transaction` dropped without commit or rollback only queues its ROLLBACK: kept as
+/// it is, the connection would hold the transaction's row locks until the function's next
+/// request, hours away for a frozen Lambda. [`in_transaction`] never leaves one behind; should
+/// any path still do so, the queued ROLLBACK is sent and awaited here.
+async fn hand_back(mut conn: PoolConnection<Db>, broken: bool) -> Option<PoolConnection<Db>> {
+    if !(broken || conn.is_in_transaction() || conn.should_flush()) {
+        return Some(conn);
+    }
+    if !broken {
+        tracing::error!("a transaction was left open on a connection; ending it before reuse");
+        // A ping first sends whatever is queued (the dropped transaction's ROLLBACK).
+        if conn.ping().await.is_ok() && !conn.is_in_transaction() {
+            return Some(conn);
+        }
+    }
+    close(conn).await;
+    None
+}
+
+/// Closes a connection and waits for it: the server ends any transaction it still had.
+async fn close(conn: PoolConnection<Db>) {
+    if tokio::time::timeout(CLOSE_TIMEOUT, conn.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing a database connection timed out");
     }
 }
 
@@ -280,9 +326,11 @@ impl Store {
     /// connection free and it never goes back to the pool: sqlx pings every connection it
     /// takes back (a round trip no statement needs), so a pooled-per-request connection costs
     /// one COM_PING per request. Concurrent callers in one process (tests, the local job)
-    /// fall back to the pool, so races still meet in the database. A connection that failed
-    /// with an I/O or protocol error, or sat idle past IDLE_TIMEOUT (the function may have
-    /// been frozen), is closed instead of kept.
+    /// fall back to the pool, so races still meet in the database.
+    ///
+    /// Either way the connection is handed on only when it is clean (see [`hand_back`]); one
+    /// that failed with an I/O or protocol error, sat idle past IDLE_TIMEOUT (the function may
+    /// have been frozen), or cannot be brought out of a transaction is closed instead.
     async fn with_conn<T, E>(
         &self,
         work: impl AsyncFnOnce(&mut DbConnection) -> Result<T, E>,
@@ -292,21 +340,22 @@ impl Store {
     {
         let Ok(mut slot) = self.pinned.try_lock() else {
             let mut conn = self.pool.acquire().await?;
-            return work(&mut conn).await;
+            let result = work(&mut conn).await;
+            hand_back(conn, result_breaks(&result)).await;
+            return result;
         };
         let mut conn = match slot.take() {
             Some((conn, used)) if used.elapsed() < IDLE_TIMEOUT => conn,
             stale => {
-                if let Some((mut conn, _)) = stale {
-                    conn.close_on_drop();
+                if let Some((conn, _)) = stale {
+                    close(conn).await;
                 }
                 self.pool.acquire().await?
             }
         };
         let result = work(&mut conn).await;
-        match &result {
-            Err(err) if err.breaks_connection() => conn.close_on_drop(),
-            _ => *slot = Some((conn, Instant::now())),
+        if let Some(conn) = hand_back(conn, result_breaks(&result)).await {
+            *slot = Some((conn, Instant::now()));
         }
         result
     }

@@ -7,30 +7,34 @@ use super::*;
 impl Store {
     /// Rooms whose LiveKit room still has to be deleted, oldest first.
     pub async fn pending_teardowns(&self, limit: i64) -> Result<Vec<(String, i32)>, ApiError> {
-        let rows: Vec<(String, i32)> = sqlx::query_as(
-            "SELECT room_name, attempts FROM livekit_teardown ORDER BY created_at LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .with_conn(async |conn: &mut DbConnection| {
+                sqlx::query_as(
+                    "SELECT room_name, attempts FROM livekit_teardown ORDER BY created_at LIMIT ?",
+                )
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
         Ok(rows)
     }
 
     /// DeleteRoom succeeded (or was given up on): forget the room's teardown.
     pub async fn teardown_done(&self, room_name: &str) -> Result<(), ApiError> {
-        sqlx::query("DELETE FROM livekit_teardown WHERE room_name = ?")
-            .bind(room_name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.execute_on_room(
+            "DELETE FROM livekit_teardown WHERE room_name = ?",
+            room_name,
+        )
+        .await
     }
 
     pub async fn teardown_failed(&self, room_name: &str) -> Result<(), ApiError> {
-        sqlx::query("UPDATE livekit_teardown SET attempts = attempts + 1 WHERE room_name = ?")
-            .bind(room_name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.execute_on_room(
+            "UPDATE livekit_teardown SET attempts = attempts + 1 WHERE room_name = ?",
+            room_name,
+        )
+        .await
     }
 
     /// Rooms with a row ringing since before `cutoff`, oldest first.
@@ -39,15 +43,15 @@ impl Store {
         cutoff: Now,
         limit: i64,
     ) -> Result<Vec<String>, ApiError> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT room_name FROM call_participant WHERE status = 0 AND updated_at < ? \
-             GROUP BY room_name ORDER BY MIN(updated_at) LIMIT ?",
+        self.room_names(
+            sqlx::query_scalar(
+                "SELECT room_name FROM call_participant WHERE status = 0 AND updated_at < ? \
+                 GROUP BY room_name ORDER BY MIN(updated_at) LIMIT ?",
+            )
+            .bind(cutoff.at)
+            .bind(limit),
         )
-        .bind(cutoff.at)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(names)
+        .await
     }
 
     /// Rooms at `status` last changed before `cutoff` (rooms at 0: with nobody ringing).
@@ -57,18 +61,18 @@ impl Store {
         cutoff: Now,
         limit: i64,
     ) -> Result<Vec<String>, ApiError> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT r.room_name FROM call_room r WHERE r.status = ? AND r.updated_at < ? \
-             AND (r.status <> 0 OR NOT EXISTS (SELECT 1 FROM call_participant p \
-                  WHERE p.room_name = r.room_name AND p.status = 0)) \
-             ORDER BY r.updated_at LIMIT ?",
+        self.room_names(
+            sqlx::query_scalar(
+                "SELECT r.room_name FROM call_room r WHERE r.status = ? AND r.updated_at < ? \
+                 AND (r.status <> 0 OR NOT EXISTS (SELECT 1 FROM call_participant p \
+                      WHERE p.room_name = r.room_name AND p.status = 0)) \
+                 ORDER BY r.updated_at LIMIT ?",
+            )
+            .bind(status.code())
+            .bind(cutoff.at)
+            .bind(limit),
         )
-        .bind(status.code())
-        .bind(cutoff.at)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(names)
+        .await
     }
 
     /// Rooms in progress since before `cutoff` (by start of the room), oldest first.
@@ -77,14 +81,15 @@ impl Store {
         cutoff: Now,
         limit: i64,
     ) -> Result<Vec<String>, ApiError> {
-        let names: Vec<String> = sqlx::query_scalar(
-            "SELECT room_name FROM call_room WHERE status = 1 AND created_at < ? ORDER BY created_at LIMIT ?",
+        self.room_names(
+            sqlx::query_scalar(
+                "SELECT room_name FROM call_room WHERE status = 1 AND created_at < ? \
+                 ORDER BY created_at LIMIT ?",
+            )
+            .bind(cutoff.at)
+            .bind(limit),
         )
-        .bind(cutoff.at)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(names)
+        .await
     }
 
     /// The sweeper's change to one room, under the same lock and rules as every request.
@@ -115,10 +120,32 @@ impl Store {
     }
 
     pub async fn purge_webhook_events(&self, before: Now) -> Result<u64, ApiError> {
-        let done = sqlx::query("DELETE FROM webhook_event WHERE received_at < ?")
-            .bind(before.at)
-            .execute(&self.pool)
+        let done = self
+            .with_conn(async |conn: &mut DbConnection| {
+                sqlx::query("DELETE FROM webhook_event WHERE received_at < ?")
+                    .bind(before.at)
+                    .execute(conn)
+                    .await
+            })
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// A list of room names, on the store's connection like every other statement.
+    async fn room_names<'q>(
+        &self,
+        query: sqlx::query::QueryScalar<'q, Db, String, <Db as sqlx::Database>::Arguments>,
+    ) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .with_conn(async |conn: &mut DbConnection| query.fetch_all(conn).await)
+            .await?)
+    }
+
+    async fn execute_on_room(&self, sql: &'static str, room_name: &str) -> Result<(), ApiError> {
+        self.with_conn(async |conn: &mut DbConnection| {
+            sqlx::query(sql).bind(room_name).execute(conn).await
+        })
+        .await?;
+        Ok(())
     }
 }

@@ -1,8 +1,7 @@
 //! LiveKit webhook events, applied in one transaction with their event id.
 
-use sqlx::Connection;
-
 use super::*;
+use crate::model::{WebhookEvent, WebhookKind};
 
 impl Store {
     /// Applies one verified LiveKit webhook event. The event id is recorded in the same
@@ -15,23 +14,22 @@ impl Store {
     ) -> Result<WebhookOutcome, ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
-                self.apply_webhook_on(conn, event, now).await
+                in_transaction(conn, async |tx| self.apply_webhook_in(tx, event, now).await).await
             })
         })
         .await
     }
 
-    async fn apply_webhook_on(
+    async fn apply_webhook_in(
         &self,
-        conn: &mut DbConnection,
+        tx: &mut Tx<'_>,
         event: &WebhookEvent,
         now: Now,
     ) -> Result<WebhookOutcome, TxError> {
-        let mut tx = conn.begin().await?;
         let recorded = sqlx::query("INSERT INTO webhook_event (id, received_at) VALUES (?, ?)")
             .bind(&event.id)
             .bind(now.at)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await;
         if let Err(err) = recorded {
             return match err.as_database_error().map(|e| e.kind()) {
@@ -39,8 +37,7 @@ impl Store {
                 _ => Err(err.into()),
             };
         }
-        let Some(mut state) = lock_call(&mut tx, &event.room_name).await? else {
-            tx.commit().await?;
+        let Some(mut state) = lock_call(tx, &event.room_name).await? else {
             return Ok(WebhookOutcome::Ignored);
         };
         let outcome = match &event.kind {
@@ -53,17 +50,17 @@ impl Store {
             WebhookKind::ParticipantJoined { .. } if state.room.status.is_final() => {
                 // A still-valid token reopened a finished room: close it again.
                 if self.teardown {
-                    queue_teardown(&mut tx, &state.room.room_name, now.at).await?;
+                    queue_teardown(tx, &state.room.room_name, now.at).await?;
                 }
                 WebhookOutcome::DeleteAgain
             }
             WebhookKind::ParticipantJoined { uid } => {
                 let (elsewhere, finalised) = self
-                    .close_live_elsewhere(&mut tx, uid, &state.room.room_name, now)
+                    .close_live_elsewhere(tx, uid, &state.room.room_name, now)
                     .await?;
                 let changed = rules::presence_joined(&mut state, uid, event.created_at, now);
                 if changed {
-                    write_back(&mut tx, &mut state).await?;
+                    write_back(tx, &mut state).await?;
                 }
                 if changed || !elsewhere.is_empty() {
                     WebhookOutcome::Applied {
@@ -77,10 +74,10 @@ impl Store {
             WebhookKind::ParticipantLeft { uid } => {
                 let was_final = state.room.status.is_final();
                 if rules::presence_left(&mut state, uid, event.created_at, now) {
-                    write_back(&mut tx, &mut state).await?;
+                    write_back(tx, &mut state).await?;
                     let finalised = !was_final && state.room.status.is_final();
                     if finalised && self.teardown {
-                        queue_teardown(&mut tx, &state.room.room_name, now.at).await?;
+                        queue_teardown(tx, &state.room.room_name, now.at).await?;
                     }
                     WebhookOutcome::Applied {
                         rooms: Vec::new(),
@@ -101,7 +98,7 @@ impl Store {
                 {
                     WebhookOutcome::Ignored
                 } else {
-                    write_back(&mut tx, &mut state).await?;
+                    write_back(tx, &mut state).await?;
                     WebhookOutcome::Applied {
                         rooms: Vec::new(),
                         finalised: Vec::new(),
@@ -109,7 +106,6 @@ impl Store {
                 }
             }
         };
-        tx.commit().await?;
         Ok(outcome)
     }
 
@@ -148,23 +144,6 @@ impl Store {
         }
         Ok((changed, finalised))
     }
-}
-
-/// A verified LiveKit webhook event, reduced to what the lifecycle needs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WebhookEvent {
-    pub id: String,
-    pub room_name: String,
-    /// LiveKit's createdAt, Unix seconds.
-    pub created_at: i64,
-    pub kind: WebhookKind,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum WebhookKind {
-    ParticipantJoined { uid: String },
-    ParticipantLeft { uid: String },
-    RoomFinished,
 }
 
 #[derive(Debug, Clone, PartialEq)]
