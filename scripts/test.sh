@@ -72,14 +72,14 @@ cargo test -p call-shared --features embedded
 
 # ---- Deployment: template, workflows, their agreement with the workspace, arm64 build ----
 # cfn-lint with the serverless rules (the venv's, pinned; never a global one), the workflows
-# against GitHub's published schema (actionlint itself runs in the GitHub workflow: its PyPI
-# package downloads the binary from GitHub while installing), the template/router/crate
-# consistency check and its tests, then one arm64 release cross-build (zig), so a broken
-# cross toolchain fails here rather than in the deploy.
+# and Dependabot config (scripts/lint_workflows.sh: GitHub's schemas, actionlint with
+# shellcheck, zizmor's offline security audit), the template/router/crate consistency check
+# and its tests, then one arm64 release cross-build (zig), so a broken cross toolchain fails
+# here rather than in the deploy.
 log "deploy: cfn-lint template.yaml (serverless rules)"
 "$VENV/bin/cfn-lint" --template template.yaml --append-rules cfn_lint_serverless.rules
-log "deploy: workflow schema"
-"$VENV/bin/check-jsonschema" --builtin-schema vendor.github-workflows .github/workflows/*.yml
+log "deploy: workflows (schema, actionlint, zizmor)"
+scripts/lint_workflows.sh
 log "deploy: template, Cargo.toml router and functions/ agree"
 "$VENV/bin/python" scripts/check_deploy_config.py
 "$VENV/bin/python" -m pytest tests/deploy -q
