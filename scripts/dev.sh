@@ -1,33 +1,68 @@
 #!/usr/bin/env bash
-# The local main job: every seed path at http://127.0.0.1:8080 on the embedded SQLite
-# database, through `cargo lambda watch` and the router in Cargo.toml.
-#   scripts/dev.sh           serve (keeps the database between runs)
-#   scripts/dev.sh --reset   start from an empty database
+# The local main job: every route at http://127.0.0.1:8080, one process per function through
+# `cargo lambda watch` and the router in Cargo.toml, the way Lambda runs them in AWS, plus the
+# sweeper on a schedule of its own (as EventBridge invokes it in AWS).
+#
+#   scripts/dev.sh            the embedded SQLite database .local/call.db (kept between runs)
+#   scripts/dev.sh --reset    start from an empty database
+#   DATABASE_URL=mysql://root@127.0.0.1:3306/call scripts/dev.sh
+#                             the same functions on MariaDB/MySQL: the database is created when
+#                             it is missing and migrated; --reset empties it (loopback only)
+#
+# Environment: PORT (8080), HOST (127.0.0.1; 0.0.0.0 or :: to serve other machines, with the
+# development secrets: do not), DATABASE_URL (default: SQLite), REDIS_URL (unset: no cache),
+# SWEEP_INTERVAL_SECONDS (1; 0 turns the sweeper off), LAMBDA_CONCURRENCY (instances per
+# function, 1), DEV_NO_RELOAD=1 (do not rebuild when the sources change), plus every setting
+# of the README's configuration table.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 PORT="${PORT:-8080}"
-DB_FILE="${LOCAL_DB_FILE:-.local/call.db}"
+HOST="${HOST:-127.0.0.1}"
+SWEEP_INTERVAL_SECONDS="${SWEEP_INTERVAL_SECONDS:-1}"
+RESET=()
 if [ "${1:-}" = "--reset" ]; then
-    rm -f "$DB_FILE" "$DB_FILE-wal" "$DB_FILE-shm"
+    RESET=(--reset)
 fi
 
 ensure_venv
-mkdir -p "$(dirname "$DB_FILE")"
 export APP_ENV=local
-export DATABASE_URL="sqlite://$DB_FILE?mode=rwc"
 export RUST_LOG="${RUST_LOG:-info}"
+case "${DATABASE_URL:-}" in
+    mysql://* | mariadb://*)
+        BACKEND="MariaDB/MySQL"
+        export CARGO_TARGET_DIR="$ROOT/target"
+        FEATURES=()
+        ;;
+    "")
+        DB_FILE="${LOCAL_DB_FILE:-.local/call.db}"
+        mkdir -p "$(dirname "$DB_FILE")"
+        export DATABASE_URL="sqlite://$DB_FILE?mode=rwc"
+        BACKEND="SQLite ($DB_FILE)"
+        # Its own target directory: the SQLite build of every function must not overwrite the
+        # MySQL one (a MariaDB job may be running from target/ at the same time).
+        export CARGO_TARGET_DIR="$ROOT/target/embedded"
+        FEATURES=(--features call-shared/embedded)
+        ;;
+    *)
+        echo "DATABASE_URL must be mysql://… or mariadb://… (unset: the embedded SQLite)" >&2
+        exit 2
+        ;;
+esac
+BIN="$CARGO_TARGET_DIR/debug"
 
-log "building the functions (embedded database)"
-cargo build --quiet --workspace --bins --examples --features call-shared/embedded
-log "migrating $DB_FILE"
-./target/debug/migrate
-eval "$(./target/debug/examples/dev_tokens user_002)"
+log "building the functions ($BACKEND)"
+# Exactly what `cargo lambda watch` runs (no dev-dependencies), so it finds everything built.
+cargo build --quiet --workspace --bins "${FEATURES[@]}"
+log "preparing the database"
+"$BIN/migrate" "${RESET[@]}"
+eval "$("$BIN/dev_tokens" user_002)"
 
 cat <<MSG
 
-Call service: http://127.0.0.1:$PORT   (health: curl http://127.0.0.1:$PORT/health)
+Call service: http://$HOST:$PORT   (health: curl http://127.0.0.1:$PORT/health)
+Database: $BACKEND   Redis: ${REDIS_URL:-off}   Sweeper: every ${SWEEP_INTERVAL_SECONDS}s
 
 Service token (acts for any uid):
   export TOKEN=$SERVICE_TOKEN
@@ -41,5 +76,29 @@ Try:
     -d '{"room_name":"meeting_001","uid":"user_002"}'
 
 MSG
-log "serving on http://127.0.0.1:$PORT (Ctrl-C stops)"
-exec cargo lambda watch --invoke-port "$PORT" --features call-shared/embedded
+
+WATCH=(--invoke-address "$HOST" --invoke-port "$PORT" --concurrency "${LAMBDA_CONCURRENCY:-1}")
+if [ "${DEV_NO_RELOAD:-}" = "1" ]; then
+    WATCH+=(--ignore-changes)
+fi
+log "serving on http://$HOST:$PORT (Ctrl-C stops)"
+cargo lambda watch "${WATCH[@]}" "${FEATURES[@]}" &
+WATCH_PID=$!
+SWEEP_PID=
+trap 'kill $SWEEP_PID $WATCH_PID 2>/dev/null || true; wait' EXIT INT TERM
+
+# The sweeper, invoked through the Lambda invoke API like EventBridge's schedule invokes it in
+# AWS: one long-lived ring-timeout process with its own connection.
+if [ "$SWEEP_INTERVAL_SECONDS" != "0" ]; then
+    invoke_host="$HOST"
+    case "$HOST" in 0.0.0.0 | :: | "[::]") invoke_host=127.0.0.1 ;; esac
+    case "$invoke_host" in *:*) invoke_host="[$invoke_host]" ;; esac
+    (
+        while sleep "$SWEEP_INTERVAL_SECONDS"; do
+            curl -s -o /dev/null --max-time 30 -X POST -d '{}' \
+                "http://$invoke_host:$PORT/2015-03-31/functions/ring-timeout/invocations" || true
+        done
+    ) &
+    SWEEP_PID=$!
+fi
+wait "$WATCH_PID"

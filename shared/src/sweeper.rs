@@ -120,6 +120,11 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
         .store
         .purge_webhook_events(before(now, WEBHOOK_ID_RETENTION))
         .await?;
-    tracing::info!(?report, "sweep done");
+    // Locally the sweep runs every second: only a sweep that did something is worth a line.
+    if report == SweepReport::default() {
+        tracing::debug!("sweep: nothing to do");
+    } else {
+        tracing::info!(?report, "sweep done");
+    }
     Ok(report)
 }

@@ -1,13 +1,25 @@
-"""End-to-end fixtures: the real local main job (scripts/dev.sh) on a fresh database.
+"""Fixtures of every HTTP suite: the real local main job (scripts/dev.sh), one process per
+function as in AWS, on each backend the service supports.
 
-The session fixture `service` starts `scripts/dev.sh --reset` on a free port with its
-database in a temporary directory, waits for GET /health, mints bearer tokens with the
-`dev_tokens` example that dev.sh builds, and kills the whole process tree at the end.
-If the job does not come up, every test fails (never skips) with the tail of its log.
+The session fixture `service` is parametrised by backend. Each backend's job starts once for
+the whole session (every suite shares it) on a fresh database:
+- `sqlite`: the embedded default, its database file in a temporary directory, no Redis;
+- `mariadb`: the same functions built for MySQL, on the machine's MariaDB (a database of its
+  own, E2E_MARIADB_DATABASE, emptied first), with Redis, as deployed.
+E2E_BACKENDS (default "sqlite,mariadb") picks the backends; E2E_ROOT runs the suites against
+another checkout (to show what they catch in older code).
+
+Bearer tokens are minted here with the local development secret; LiveKit webhooks are signed
+with the local LiveKit pair, both read from shared/src/config.rs. `service.db` looks at the
+database from a connection of its own (another process than the service's functions).
+
+If a job does not come up, every test fails (never skips) with the tail of its log.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import json
 import os
@@ -15,26 +27,40 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import jwt
+import pymysql
 import pytest
+from livekit import api as lk
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(os.environ.get("E2E_ROOT") or Path(__file__).resolve().parents[2])
 DEV_SH = ROOT / "scripts" / "dev.sh"
-DEV_TOKENS = ROOT / "target" / "debug" / "examples" / "dev_tokens"
 CONFIG_RS = ROOT / "shared" / "src" / "config.rs"
 
 # The first run compiles the workspace (and may wait for another build's lock on target/).
-STARTUP_TIMEOUT_S = float(os.environ.get("E2E_STARTUP_TIMEOUT", 15 * 60))
+STARTUP_TIMEOUT_S = float(os.environ.get("E2E_STARTUP_TIMEOUT", 20 * 60))
 # A function's first invocation under `cargo lambda watch` starts its binary.
-REQUEST_TIMEOUT_S = 600.0
+REQUEST_TIMEOUT_S = 120.0
 
-# Configuration that would change what the job does; the suite runs it on local defaults.
+MARIADB_ADMIN = dict(host="127.0.0.1", port=3306, user="root", password="")
+MARIADB_DATABASE = os.environ.get("E2E_MARIADB_DATABASE", "call_e2e")
+REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/2")
+BACKENDS = [b for b in os.environ.get("E2E_BACKENDS", "sqlite,mariadb").split(",") if b]
+
+# How long an invite rings in the shared jobs: short enough that the sweeper's ring-outs show
+# up within a suite, long enough for a scenario's steps to finish before it.
+RING_TIMEOUT_S = 8
+SWEEP_INTERVAL_S = 1
+
+# Configuration that would change what the job does; the suites set their own.
 SCRUBBED_ENV = (
     "DATABASE_URL",
     "REDIS_URL",
@@ -52,6 +78,8 @@ SCRUBBED_ENV = (
     "RATE_LIMIT_INVITE_PER_MIN",
     "SECRETS_ARN",
     "AWS_ENDPOINT_URL",
+    "SWEEP_INTERVAL_SECONDS",
+    "HOST",
 )
 
 DEFAULT_TOKEN_TTL_S = 3600
@@ -67,24 +95,154 @@ class Reply:
     def __repr__(self) -> str:  # shows up in assertion messages
         return f"<HTTP {self.status} {self.text[:500]!r}>"
 
+    @property
+    def data(self) -> Any:
+        """The envelope's data of a 200, or an assertion error naming the reply."""
+        assert self.status == 200 and isinstance(self.json, dict), self
+        assert self.json.get("code") == 0, self
+        return self.json.get("data")
+
+    @property
+    def key(self) -> Optional[str]:
+        return self.json.get("error") if isinstance(self.json, dict) else None
+
+
+class Database:
+    """The service's database seen from another process: reads, and the checks that nothing
+    the service did is still holding a transaction or a lock."""
+
+    def __init__(self, backend: str, sqlite_file: Optional[Path]):
+        self.backend = backend
+        self.sqlite_file = sqlite_file
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _mariadb(self, **kw):
+        return pymysql.connect(
+            database=MARIADB_DATABASE, autocommit=True, charset="utf8mb4", **MARIADB_ADMIN, **kw
+        )
+
+    def _sqlite(self, timeout: float = 5.0):
+        conn = sqlite3.connect(str(self.sqlite_file), timeout=timeout, isolation_level=None)
+        return conn
+
+    def rows(self, sql: str, *args) -> list[tuple]:
+        """A read with `?` placeholders, on a fresh connection."""
+        if self.backend == "mariadb":
+            conn = self._mariadb()
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql.replace("?", "%s"), args)
+                    return list(cur.fetchall())
+            finally:
+                conn.close()
+        conn = self._sqlite()
+        try:
+            return list(conn.execute(sql, args).fetchall())
+        finally:
+            conn.close()
+
+    def room_status(self, room_name: str) -> Optional[int]:
+        found = self.rows("SELECT status FROM call_room WHERE room_name = ?", room_name)
+        return found[0][0] if found else None
+
+    def statuses(self, room_name: str) -> dict[str, int]:
+        return dict(
+            self.rows("SELECT uid, status FROM call_participant WHERE room_name = ?", room_name)
+        )
+
+    # -- nothing left behind -------------------------------------------------------------
+
+    def open_transactions(self) -> list[tuple]:
+        """MariaDB: the service's transactions (on its database) open right now, with how long
+        their connection has been idle. SQLite has no such view: see `assert_unlocked`."""
+        if self.backend != "mariadb":
+            return []
+        return self.rows(
+            "SELECT t.trx_id, t.trx_state, t.trx_started, p.id, p.command, p.time "
+            "FROM information_schema.innodb_trx t "
+            "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+            "WHERE p.db = ? AND p.id <> CONNECTION_ID()",
+            MARIADB_DATABASE,
+        )
+
+    def assert_no_open_transaction(self, within_s: float = 2.0) -> None:
+        """No transaction of the service stays open: the sweeper's own (a few ms, every
+        second) may be caught in flight, so one clean sample within `within_s` is required,
+        which a transaction left open never gives."""
+        deadline = time.monotonic() + within_s
+        seen: list[tuple] = []
+        while True:
+            seen = self.open_transactions()
+            if not seen or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert not seen, f"transactions of the service still open: {seen}"
+
+    def assert_unlocked(self, wait_s: float = 1.0) -> None:
+        """Another process can write every room and participant row at once (within `wait_s`,
+        which covers a transaction of the sweeper in flight)."""
+        if self.backend == "mariadb":
+            conn = self._mariadb(autocommit=False)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(wait_s))}")
+                    for table in ("call_room", "call_participant"):
+                        cur.execute(f"UPDATE {table} SET updated_at = updated_at")
+                conn.rollback()
+            except pymysql.err.OperationalError as err:
+                raise AssertionError(f"a row is still locked by the service: {err}") from err
+            finally:
+                conn.close()
+            return
+        conn = self._sqlite(timeout=wait_s)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE call_room SET updated_at = updated_at")
+            conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as err:
+            raise AssertionError(f"the database is still locked by the service: {err}") from err
+        finally:
+            conn.close()
+
+    def assert_nothing_left_behind(self) -> None:
+        self.assert_no_open_transaction()
+        self.assert_unlocked()
+
 
 @dataclass
 class Service:
+    backend: str
     host: str
     port: int
     log_path: Path
-    db_file: Path
-    service_token: str
-    user_token: str
-    user_uid: str
+    db: Database
+    auth_secret: str
     livekit_api_key: str
     livekit_api_secret: str
+    ring_timeout_s: int = RING_TIMEOUT_S
     token_ttl_s: int = DEFAULT_TOKEN_TTL_S
+    user_uid: str = "user_002"
     extra: dict = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def service_token(self) -> str:
+        return self.token(None)
+
+    @property
+    def user_token(self) -> str:
+        return self.token(self.user_uid)
+
+    def token(self, uid: Optional[str], ttl_s: int = 3600) -> str:
+        """A bearer token: the service role for uid None, else a user token for uid."""
+        claims = {"sub": uid or "e2e-backend", "exp": int(time.time()) + ttl_s}
+        if uid is None:
+            claims["role"] = "service"
+        return jwt.encode(claims, self.auth_secret, algorithm="HS256")
 
     def request(
         self,
@@ -93,13 +251,17 @@ class Service:
         body: Any = None,
         *,
         token: Optional[str] = "service",
+        as_uid: Optional[str] = None,
         headers: Optional[dict[str, str]] = None,
         raw: Optional[bytes] = None,
     ) -> Reply:
-        """One HTTP request. `token`: "service" (default), "user", None (no header) or a JWT.
-        `body` is sent as JSON; `raw` sends bytes as they are."""
+        """One HTTP request. `token`: "service" (default), "user", None (no header) or a JWT;
+        `as_uid` sends a user token for that uid instead. `body` is sent as JSON; `raw` sends
+        bytes as they are."""
         hdrs = {"Accept": "application/json"}
-        if token == "service":
+        if as_uid is not None:
+            hdrs["Authorization"] = f"Bearer {self.token(as_uid)}"
+        elif token == "service":
             hdrs["Authorization"] = f"Bearer {self.service_token}"
         elif token == "user":
             hdrs["Authorization"] = f"Bearer {self.user_token}"
@@ -112,6 +274,38 @@ class Service:
             hdrs["Content-Type"] = "application/json"
         hdrs.update(headers or {})
         return http_request(self.host, self.port, method, path, data, hdrs)
+
+    def webhook(self, event: dict, *, sign: bool = True) -> Reply:
+        """POST a LiveKit webhook event, signed as LiveKit signs it (a JWT carrying the
+        body's sha256 in Authorization)."""
+        body = json.dumps(event).encode("utf-8")
+        headers = {"Content-Type": "application/webhook+json"}
+        if sign:
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            signed = (
+                lk.AccessToken(self.livekit_api_key, self.livekit_api_secret)
+                .with_sha256(digest)
+                .to_jwt()
+            )
+            headers["Authorization"] = signed
+        return http_request(
+            self.host, self.port, "POST", "/api/webhooks/livekit", body, headers
+        )
+
+
+def livekit_event(kind: str, room_name: str, uid: Optional[str] = None, *, at: Optional[int] = None,
+                  event_id: Optional[str] = None) -> dict:
+    """A LiveKit webhook event as the server sends it (participant_joined, participant_left,
+    room_finished); `at` is createdAt in Unix seconds."""
+    event = {
+        "event": kind,
+        "id": event_id or f"EV_{uuid.uuid4().hex[:16]}",
+        "createdAt": str(at if at is not None else int(time.time())),
+        "room": {"sid": f"RM_{room_name}", "name": room_name},
+    }
+    if uid is not None:
+        event["participant"] = {"sid": f"PA_{uid}", "identity": uid}
+    return event
 
 
 def http_request(
@@ -160,13 +354,16 @@ def log_tail(path: Path, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def local_livekit_pair() -> tuple[str, str]:
-    """The dev key/secret local mode signs LiveKit tokens with (shared/src/config.rs)."""
+def local_constant(name: str) -> str:
+    """A development default from shared/src/config.rs (the job runs with APP_ENV=local)."""
     source = CONFIG_RS.read_text()
-    key = re.search(r'LOCAL_LIVEKIT_API_KEY:\s*&str\s*=\s*"([^"]+)"', source)
-    secret = re.search(r'LOCAL_LIVEKIT_API_SECRET:\s*&str\s*=\s*"([^"]+)"', source)
-    assert key and secret, f"LOCAL_LIVEKIT_API_KEY/SECRET not found in {CONFIG_RS}"
-    return key.group(1), secret.group(1)
+    found = re.search(rf'{name}:\s*&str\s*=\s*"([^"]+)"', source)
+    assert found, f"{name} not found in {CONFIG_RS}"
+    return found.group(1)
+
+
+def local_livekit_pair() -> tuple[str, str]:
+    return local_constant("LOCAL_LIVEKIT_API_KEY"), local_constant("LOCAL_LIVEKIT_API_SECRET")
 
 
 def session_pids(sid: int) -> list[int]:
@@ -212,27 +409,31 @@ def stop_tree(proc: subprocess.Popen) -> None:
     proc.poll()
 
 
-def parse_tokens(text: str) -> dict[str, str]:
-    found = {}
-    for line in text.splitlines():
-        m = re.match(r"^\s*(?:export\s+)?([A-Z_]+)=(\S+)\s*$", line)
-        if m:
-            found[m.group(1)] = m.group(2)
-    return found
-
-
-@pytest.fixture(scope="session")
-def service(request):
-    tmp = Path(tempfile.mkdtemp(prefix="call-e2e-"))
-    log_path = tmp / "dev.log"
-    db_file = tmp / "call.db"
+def start_job(backend: str, tmp: Path) -> tuple[subprocess.Popen, int, Path, Database]:
     port = free_port()
-
+    log_path = tmp / f"dev-{backend}.log"
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(PORT=str(port), LOCAL_DB_FILE=str(db_file), RUST_LOG="info")
-
+    env.update(
+        PORT=str(port),
+        RUST_LOG="info",
+        DEV_NO_RELOAD="1",
+        RING_TIMEOUT_SECONDS=str(RING_TIMEOUT_S),
+        SWEEP_INTERVAL_SECONDS=str(SWEEP_INTERVAL_S),
+        # The suites send many requests per uid; the limits have tests of their own.
+        RATE_LIMIT_CREATE_PER_MIN="0",
+        RATE_LIMIT_JOIN_PER_MIN="0",
+        RATE_LIMIT_INVITE_PER_MIN="0",
+    )
+    sqlite_file = None
+    if backend == "mariadb":
+        env.update(
+            DATABASE_URL=f"mysql://root@127.0.0.1:3306/{MARIADB_DATABASE}",
+            REDIS_URL=REDIS_URL,
+        )
+    else:
+        sqlite_file = tmp / "call.db"
+        env.update(LOCAL_DB_FILE=str(sqlite_file))
     log = open(log_path, "wb", buffering=0)
-    started = time.monotonic()
     proc = subprocess.Popen(
         ["bash", str(DEV_SH), "--reset"],
         cwd=ROOT,
@@ -242,68 +443,54 @@ def service(request):
         stderr=subprocess.STDOUT,
         start_new_session=True,  # own session and process group: teardown kills the tree
     )
-    print(f"\n[e2e] scripts/dev.sh --reset on port {port}, pid {proc.pid}, log {log_path}")
+    proc.log_file = log  # type: ignore[attr-defined]
+    return proc, port, log_path, Database(backend, sqlite_file)
 
-    try:
-        health = None
-        last_error = "no attempt yet"
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"scripts/dev.sh exited with {proc.returncode} before /health answered.\n"
-                    f"--- tail of {log_path} ---\n{log_tail(log_path)}",
-                    pytrace=False,
-                )
-            elapsed = time.monotonic() - started
-            if elapsed > STARTUP_TIMEOUT_S:
-                pytest.fail(
-                    f"GET /health did not answer 200 within {STARTUP_TIMEOUT_S:.0f}s "
-                    f"(last: {last_error}).\n--- tail of {log_path} ---\n{log_tail(log_path)}",
-                    pytrace=False,
-                )
-            try:
-                health = http_request("127.0.0.1", port, "GET", "/health", timeout=60)
-                if health.status == 200:
-                    break
-                last_error = repr(health)
-            except (OSError, http.client.HTTPException) as err:
-                last_error = f"{type(err).__name__}: {err}"
-            time.sleep(1.0)
-        print(f"[e2e] /health answered 200 after {time.monotonic() - started:.1f}s")
 
-        # Bearer tokens: the example dev.sh built, with the job's environment.
-        token_env = dict(env, APP_ENV="local", DATABASE_URL=f"sqlite://{db_file}?mode=rwc")
-        tokens: dict[str, str] = {}
-        if DEV_TOKENS.exists():
-            out = subprocess.run(
-                [str(DEV_TOKENS), "user_002"],
-                cwd=ROOT,
-                env=token_env,
-                capture_output=True,
-                text=True,
-                timeout=60,
+def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, started: float) -> Reply:
+    last_error = "no attempt yet"
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"scripts/dev.sh exited with {proc.returncode} before /health answered.\n"
+                f"--- tail of {log_path} ---\n{log_tail(log_path)}",
+                pytrace=False,
             )
-            assert out.returncode == 0, f"dev_tokens failed: {out.stderr}"
-            tokens = parse_tokens(out.stdout)
-        if "SERVICE_TOKEN" not in tokens:  # fall back to what dev.sh printed
-            printed = parse_tokens(log_path.read_text(errors="replace"))
-            tokens = {
-                "SERVICE_TOKEN": printed.get("TOKEN", ""),
-                "USER_TOKEN": printed.get("USER_TOKEN", ""),
-                "USER_UID": "user_002",
-            }
-        assert tokens.get("SERVICE_TOKEN"), "no service token from dev_tokens or dev.sh output"
-        assert tokens.get("USER_TOKEN"), "no user token from dev_tokens or dev.sh output"
+        if time.monotonic() - started > STARTUP_TIMEOUT_S:
+            pytest.fail(
+                f"GET /health did not answer 200 within {STARTUP_TIMEOUT_S:.0f}s "
+                f"(last: {last_error}).\n--- tail of {log_path} ---\n{log_tail(log_path)}",
+                pytrace=False,
+            )
+        try:
+            health = http_request("127.0.0.1", port, "GET", "/health", timeout=60)
+            if health.status == 200:
+                return health
+            last_error = repr(health)
+        except (OSError, http.client.HTTPException) as err:
+            last_error = f"{type(err).__name__}: {err}"
+        time.sleep(1.0)
 
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def service(request):
+    backend = request.param
+    tmp = Path(tempfile.mkdtemp(prefix=f"call-e2e-{backend}-"))
+    started = time.monotonic()
+    proc, port, log_path, db = start_job(backend, tmp)
+    print(f"\n[e2e:{backend}] scripts/dev.sh --reset on port {port}, pid {proc.pid}, log {log_path}")
+    failed_before = request.session.testsfailed
+    try:
+        health = wait_healthy(proc, port, log_path, started)
+        print(f"[e2e:{backend}] /health answered 200 after {time.monotonic() - started:.1f}s")
         api_key, api_secret = local_livekit_pair()
         svc = Service(
+            backend=backend,
             host="127.0.0.1",
             port=port,
             log_path=log_path,
-            db_file=db_file,
-            service_token=tokens["SERVICE_TOKEN"],
-            user_token=tokens["USER_TOKEN"],
-            user_uid=tokens.get("USER_UID", "user_002"),
+            db=db,
+            auth_secret=local_constant("LOCAL_AUTH_JWT_SECRET"),
             livekit_api_key=api_key,
             livekit_api_secret=api_secret,
         )
@@ -311,14 +498,33 @@ def service(request):
         yield svc
     finally:
         stop_tree(proc)
-        log.close()
-        if request.session.testsfailed == 0 and proc.returncode is not None and not os.environ.get(
-            "E2E_KEEP_TMP"
-        ):
+        proc.log_file.close()  # type: ignore[attr-defined]
+        clean = request.session.testsfailed == failed_before
+        if clean and proc.returncode is not None and not os.environ.get("E2E_KEEP_TMP"):
             shutil.rmtree(tmp, ignore_errors=True)
-            print(f"[e2e] job stopped (exit {proc.returncode}); removed {tmp}")
+            print(f"[e2e:{backend}] job stopped (exit {proc.returncode}); removed {tmp}")
         else:
-            print(f"[e2e] job stopped (exit {proc.returncode}); log kept at {log_path}")
+            print(f"[e2e:{backend}] job stopped (exit {proc.returncode}); log kept at {log_path}")
+
+
+@pytest.fixture
+def clean_after(service):
+    """Use in a scenario: afterwards, no transaction of the service is open and another
+    process can write every row at once."""
+    yield service
+    service.db.assert_nothing_left_behind()
+
+
+@pytest.fixture
+def names(request, service):
+    """Unique room names and uids for one test, so suites sharing a job never collide:
+    names("room") -> "room_<8 hex>"."""
+    tag = uuid.uuid4().hex[:8]
+
+    def make(prefix: str) -> str:
+        return f"{prefix}_{tag}"
+
+    return make
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -328,4 +534,4 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and "service" in getattr(item, "funcargs", {}):
         svc = item.funcargs["service"]
-        report.sections.append(("dev.sh log (tail)", log_tail(svc.log_path, 60)))
+        report.sections.append((f"dev.sh log ({svc.backend}, tail)", log_tail(svc.log_path, 60)))

@@ -1,5 +1,6 @@
-//! Applies the schema migrations. Run as a command (the local main job) it migrates once and
-//! exits. In Lambda it answers two kinds of event:
+//! Applies the schema migrations. Run as a command (the local main job) it creates the
+//! database when it is missing (`--reset`: empties it first, on this machine only), migrates
+//! once and exits. In Lambda it answers two kinds of event:
 //! - a CloudFormation custom resource (the stack's deploy step): Create and Update migrate,
 //!   Delete leaves the schema alone, and the outcome is PUT to the event's ResponseURL as
 //!   SUCCESS or FAILED, so a failed migration fails the deploy instead of hanging it;
@@ -176,8 +177,11 @@ fn http_client() -> Result<reqwest::Client, Error> {
 async fn main() -> Result<(), Error> {
     telemetry::init();
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        // The local main job: `migrate [--reset]` creates the database when it is missing,
+        // empties it first with --reset (a database on this machine only), then migrates.
         let config = secrets::config_from_env().await?;
-        Store::connect_lazy(&config.database_url)?.migrate().await?;
+        let reset = std::env::args().skip(1).any(|a| a == "--reset");
+        Store::prepare_local(&config.database_url, reset).await?;
         tracing::info!(
             applied = call_shared::store::MIGRATOR.iter().count(),
             "schema is up to date"

@@ -1,5 +1,6 @@
 //! Prints a service token and a user token signed with the configured AUTH_JWT_SECRET,
-//! for the local main job and manual testing: `dev_tokens [uid] [ttl_secs]`.
+//! for the local main job and manual testing: `dev_tokens [uid] [ttl_secs]` (scripts/dev.sh
+//! runs it).
 
 use call_shared::{auth::Auth, config::Config};
 

@@ -37,6 +37,20 @@ mod mysql {
     pub fn last_insert_id(result: &sqlx::mysql::MySqlQueryResult) -> i64 {
         result.last_insert_id() as i64
     }
+
+    /// Whether the server is this machine: the only kind the local job may empty.
+    pub fn is_local(url: &str) -> Result<bool, sqlx::Error> {
+        let options: MySqlConnectOptions = url.parse()?;
+        Ok(matches!(
+            options.get_host(),
+            "127.0.0.1" | "localhost" | "::1" | "[::1]"
+        ))
+    }
+
+    pub async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
+        use sqlx::migrate::MigrateDatabase;
+        sqlx::MySql::drop_database(url).await
+    }
 }
 #[cfg(not(feature = "embedded"))]
 pub use mysql::*;
@@ -87,6 +101,25 @@ mod sqlite {
 
     pub fn last_insert_id(result: &sqlx::sqlite::SqliteQueryResult) -> i64 {
         result.last_insert_rowid()
+    }
+
+    pub fn is_local(_url: &str) -> Result<bool, sqlx::Error> {
+        Ok(true)
+    }
+
+    /// The database file and the WAL files beside it.
+    pub async fn drop_database(url: &str) -> Result<(), sqlx::Error> {
+        let options: SqliteConnectOptions = url.parse()?;
+        let file = options.get_filename().to_owned();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = file.clone().into_os_string();
+            path.push(suffix);
+            match std::fs::remove_file(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err.into()),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 #[cfg(feature = "embedded")]

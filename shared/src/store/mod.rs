@@ -319,6 +319,34 @@ impl Store {
         MIGRATOR.run(&self.pool).await
     }
 
+    /// The local main job's database: created when it is missing and, with `reset`, emptied
+    /// first, which is refused for a server that is not this machine. Then migrated.
+    pub async fn prepare_local(url: &str, reset: bool) -> Result<(), String> {
+        use sqlx::migrate::MigrateDatabase;
+        if reset {
+            if !backend::is_local(url).map_err(|e| format!("DATABASE_URL: {e}"))? {
+                return Err("--reset empties only a database on this machine \
+                            (127.0.0.1, localhost or ::1)"
+                    .into());
+            }
+            backend::drop_database(url)
+                .await
+                .map_err(|e| format!("emptying the database: {e}"))?;
+        }
+        let exists = Db::database_exists(url)
+            .await
+            .map_err(|e| format!("reaching the database: {e}"))?;
+        if !exists {
+            Db::create_database(url)
+                .await
+                .map_err(|e| format!("creating the database: {e}"))?;
+        }
+        let store = Store::connect_lazy(url).map_err(|e| e.to_string())?;
+        let migrated = store.migrate().await.map_err(|e| format!("migrating: {e}"));
+        store.close().await;
+        migrated
+    }
+
     /// Runs `work` on the connection the store keeps between requests when it is free, else
     /// on one from the pool.
     ///
