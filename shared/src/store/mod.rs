@@ -612,3 +612,54 @@ fn decode_call(rows: &[DbRow]) -> Result<Option<CallState>, sqlx::Error> {
 fn corrupt(what: &str, value: i16) -> sqlx::Error {
     sqlx::Error::Decode(format!("unknown {what} {value} in the database").into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backstop behind `in_transaction`: a connection on which a transaction was dropped
+    /// (its ROLLBACK only queued) is brought out of it before it can be kept for the next
+    /// request, so another connection can lock the same rows at once.
+    #[allow(clippy::disallowed_methods)]
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn a_connection_left_inside_a_transaction_is_ended_before_reuse(pool: DbPool) {
+        let store = Store::from_pool(pool.clone());
+        let now = Now::current();
+        let room = NewRoom {
+            source_channel_id: String::new(),
+            source_channel_type: 0,
+            creator: "alice".into(),
+            room_name: "r1".into(),
+            call_type: 1,
+            invite_on: 0,
+            max_participants: 2,
+        };
+        store.create_room(&room, &[], now).await.expect("create");
+
+        let mut conn = pool.acquire().await.expect("connection");
+        {
+            let mut tx = conn.begin_with(backend::BEGIN).await.expect("begin");
+            lock_call(&mut tx, "r1").await.expect("lock");
+            // Dropped here without commit or rollback, as an early return would.
+        }
+        // MySQL queues the ROLLBACK on the connection (SQLite's worker thread runs it soon).
+        #[cfg(not(feature = "embedded"))]
+        assert!(conn.should_flush());
+        let conn = hand_back(conn, false)
+            .await
+            .expect("a connection that can be reused");
+        assert!(!conn.is_in_transaction() && !conn.should_flush());
+        // Another instance can change the room at once.
+        let mut other = pool.acquire().await.expect("another connection");
+        #[cfg(not(feature = "embedded"))]
+        sqlx::query("SET SESSION innodb_lock_wait_timeout = 1")
+            .execute(&mut *other)
+            .await
+            .expect("lock wait");
+        sqlx::query("UPDATE call_room SET status = 1 WHERE room_name = 'r1'")
+            .execute(&mut *other)
+            .await
+            .expect("the room is not locked any more");
+        drop(conn);
+    }
+}

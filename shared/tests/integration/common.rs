@@ -53,3 +53,49 @@ pub fn user_token(app: &App, uid: &str) -> String {
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
+
+/// What another Lambda instance sees once a request has been answered: a connection of its
+/// own can lock every room and participant row (MariaDB) or take the write lock (SQLite) at
+/// once. It waits at most a second, which covers a concurrent request of the same test in
+/// flight. A transaction left open on the store's kept connection keeps the row locks of its
+/// `SELECT … FOR UPDATE` and fails this; a read through the same connection (which sends the
+/// queued ROLLBACK first) or a plain read through the pool would not see it.
+///
+/// (information_schema.innodb_trx is no help here: while other tests create and drop their
+/// databases, MariaDB 10.11 lists lock-free internal transactions under idle test
+/// connections for seconds. The HTTP suites, one database and no DDL, do check it.)
+pub async fn assert_nothing_held(pool: &DbPool) {
+    use sqlx::{ConnectOptions, Executor};
+    let mut other = pool
+        .connect_options()
+        .connect()
+        .await
+        .expect("a connection of another instance");
+    #[cfg(not(feature = "embedded"))]
+    {
+        other
+            .execute("SET SESSION innodb_lock_wait_timeout = 1")
+            .await
+            .expect("set lock wait");
+        for sql in [
+            "SELECT id FROM call_room FOR UPDATE",
+            "SELECT id FROM call_participant FOR UPDATE",
+        ] {
+            if let Err(err) = other.execute(sql).await {
+                panic!("another instance cannot lock the rows ({sql}): {err}");
+            }
+        }
+    }
+    #[cfg(feature = "embedded")]
+    {
+        other
+            .execute("PRAGMA busy_timeout = 1000")
+            .await
+            .expect("busy timeout");
+        if let Err(err) = other.execute("BEGIN IMMEDIATE").await {
+            panic!("another instance cannot take the write lock: {err}");
+        }
+        other.execute("ROLLBACK").await.expect("rollback");
+    }
+    sqlx::Connection::close(other).await.ok();
+}

@@ -350,9 +350,20 @@ impl<'a> Api<'a> {
         ev
     }
 
+    /// The handler's answer; then, as another instance would, checks that the request left
+    /// no transaction open and no row locked.
+    async fn answered(
+        &self,
+        handler: impl std::future::Future<Output = Result<Response<Body>, lambda_http::Error>>,
+    ) -> Reply {
+        let answer = reply(handler.await);
+        common::assert_nothing_held(self.app.store.pool()).await;
+        answer
+    }
+
     pub async fn health(&self) -> Reply {
         let req = self.ev("GET", "/health", None).request();
-        reply(handlers::health(self.app, req).await)
+        self.answered(handlers::health(self.app, req)).await
     }
 
     pub async fn create(&self, token: &str, body: &Value) -> Reply {
@@ -360,7 +371,7 @@ impl<'a> Api<'a> {
             .ev("POST", "/api/rooms", Some(token))
             .json(body)
             .request();
-        reply(handlers::create_room(self.app, req).await)
+        self.answered(handlers::create_room(self.app, req)).await
     }
 
     pub async fn get_room(&self, token: &str, room: &str) -> Reply {
@@ -368,7 +379,7 @@ impl<'a> Api<'a> {
             .ev("GET", &format!("/api/rooms/{}", encode(room)), Some(token))
             .path_params(&[("room_name", room)])
             .request();
-        reply(handlers::get_room(self.app, req).await)
+        self.answered(handlers::get_room(self.app, req)).await
     }
 
     /// `query` is the raw query string, e.g. `limit=2&status=1`.
@@ -377,7 +388,7 @@ impl<'a> Api<'a> {
             .ev("GET", "/api/rooms", Some(token))
             .query(query)
             .request();
-        reply(handlers::list_rooms(self.app, req).await)
+        self.answered(handlers::list_rooms(self.app, req)).await
     }
 
     pub async fn set_room_status(&self, token: &str, room: &str, status: i64) -> Reply {
@@ -390,7 +401,8 @@ impl<'a> Api<'a> {
             .path_params(&[("room_name", room)])
             .json(&json!({ "status": status }))
             .request();
-        reply(handlers::update_room_status(self.app, req).await)
+        self.answered(handlers::update_room_status(self.app, req))
+            .await
     }
 
     pub async fn end(&self, token: &str, room: &str) -> Reply {
@@ -402,7 +414,7 @@ impl<'a> Api<'a> {
             )
             .path_params(&[("room_name", room)])
             .request();
-        reply(handlers::end_room(self.app, req).await)
+        self.answered(handlers::end_room(self.app, req)).await
     }
 
     pub async fn join(&self, token: &str, room: &str, uid: &str) -> Reply {
@@ -410,7 +422,7 @@ impl<'a> Api<'a> {
             .ev("POST", "/api/participants/join", Some(token))
             .json(&json!({ "room_name": room, "uid": uid }))
             .request();
-        reply(handlers::join_room(self.app, req).await)
+        self.answered(handlers::join_room(self.app, req)).await
     }
 
     pub async fn leave(&self, token: &str, room: &str, uid: &str) -> Reply {
@@ -418,7 +430,7 @@ impl<'a> Api<'a> {
             .ev("POST", "/api/participants/leave", Some(token))
             .json(&json!({ "room_name": room, "uid": uid }))
             .request();
-        reply(handlers::leave_room(self.app, req).await)
+        self.answered(handlers::leave_room(self.app, req)).await
     }
 
     pub async fn participants(&self, token: &str, room: &str) -> Reply {
@@ -430,7 +442,8 @@ impl<'a> Api<'a> {
             )
             .path_params(&[("room_name", room)])
             .request();
-        reply(handlers::list_participants(self.app, req).await)
+        self.answered(handlers::list_participants(self.app, req))
+            .await
     }
 
     pub async fn invite(&self, token: &str, room: &str, uids: &[&str]) -> Reply {
@@ -443,7 +456,8 @@ impl<'a> Api<'a> {
             .path_params(&[("room_name", room)])
             .json(&json!({ "uids": uids }))
             .request();
-        reply(handlers::invite_participants(self.app, req).await)
+        self.answered(handlers::invite_participants(self.app, req))
+            .await
     }
 
     pub async fn set_participant_status(
@@ -466,7 +480,8 @@ impl<'a> Api<'a> {
             .path_params(&[("room_name", room), ("uid", uid)])
             .json(&json!({ "status": status }))
             .request();
-        reply(handlers::update_participant_status(self.app, req).await)
+        self.answered(handlers::update_participant_status(self.app, req))
+            .await
     }
 
     /// Set-up: the service creates an invite-only video room for up to ten people.

@@ -37,7 +37,9 @@ async fn deliver(app: &App, body: &str, authorization: Option<&str>) -> events::
     if let Some(auth) = authorization {
         ev = ev.header("authorization", auth);
     }
-    reply(livekit_webhook(app, ev.request()).await)
+    let answer = reply(livekit_webhook(app, ev.request()).await);
+    common::assert_nothing_held(app.store.pool()).await;
+    answer
 }
 
 async fn send(app: &App, event: &str, room: &str, uid: Option<&str>, id: &str, at: i64) -> Value {

@@ -1,6 +1,8 @@
 //! Store tests: the same suite on MariaDB (default build) and SQLite (`--features embedded`),
 //! each test on a fresh database from `#[sqlx::test]`.
 
+use crate::common;
+
 use call_shared::ApiError;
 use call_shared::model::{Now, ParticipantStatus as P, RoomStatus as R};
 use call_shared::rules::Action;
@@ -70,6 +72,7 @@ async fn create_refuses_a_taken_room_name(pool: DbPool) {
         .expect("create");
     let err = store.create_room(&new_room("r1", "bob"), &[], now()).await;
     assert_eq!(err.err(), Some(ApiError::RoomAlreadyExists));
+    common::assert_nothing_held(store.pool()).await;
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -88,6 +91,7 @@ async fn create_with_a_busy_invitee_writes_nothing(pool: DbPool) {
             busy_uids: uids(&["bob"])
         })
     );
+    common::assert_nothing_held(&pool).await;
     assert!(store.load("r2").await.expect("load").is_none());
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_participant")
         .fetch_one(&pool)
@@ -107,6 +111,7 @@ async fn create_refuses_a_creator_live_elsewhere(pool: DbPool) {
         .create_room(&new_room("r2", "alice"), &[], now())
         .await;
     assert_eq!(err.err(), Some(ApiError::CreatorInAnotherCall));
+    common::assert_nothing_held(store.pool()).await;
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -124,6 +129,7 @@ async fn a_channel_has_one_open_room_at_a_time(pool: DbPool) {
             room_name: "r1".into()
         })
     );
+    common::assert_nothing_held(store.pool()).await;
 
     // Another channel type is another channel; and once r1 ends, the channel is free again.
     second.source_channel_type = 1;
@@ -242,6 +248,7 @@ async fn join_refuses_unknown_and_final_rooms(pool: DbPool) {
         .participant_action("nope", "bob", Action::Join, now(), anyone)
         .await;
     assert_eq!(err.err(), Some(ApiError::RoomNotFound));
+    common::assert_nothing_held(store.pool()).await;
     store
         .create_room(&new_room("r1", "alice"), &uids(&["bob"]), now())
         .await
@@ -251,6 +258,7 @@ async fn join_refuses_unknown_and_final_rooms(pool: DbPool) {
         .participant_action("r1", "bob", Action::Join, now(), anyone)
         .await;
     assert_eq!(err.err(), Some(ApiError::RoomNotActive));
+    common::assert_nothing_held(store.pool()).await;
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -264,6 +272,7 @@ async fn a_guard_refusal_changes_nothing(pool: DbPool) {
         .end_room("r1", now(), |_| Err(ApiError::Forbidden))
         .await;
     assert_eq!(err.err(), Some(ApiError::Forbidden));
+    common::assert_nothing_held(store.pool()).await;
     assert_eq!(statuses(&store, "r1").await.0, R::NotStarted);
 }
 
@@ -286,6 +295,7 @@ async fn ending_is_final_and_idempotent(pool: DbPool) {
         .end_room("r1", now(), anyone)
         .await
         .expect("end again");
+    common::assert_nothing_held(store.pool()).await;
     assert!(!again.changed && !again.finalised);
     assert_eq!(again.room.updated_at, ended.room.updated_at);
 }
