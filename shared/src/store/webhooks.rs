@@ -47,6 +47,15 @@ impl Store {
             {
                 WebhookOutcome::Ignored
             }
+            // Presence older than the row's last change says nothing about now: it neither
+            // closes the uid's call elsewhere nor reopens a room that ended since.
+            WebhookKind::ParticipantJoined { uid }
+                if state
+                    .row(uid)
+                    .is_some_and(|row| rules::is_stale(row.updated_at, event.created_at)) =>
+            {
+                WebhookOutcome::Ignored
+            }
             WebhookKind::ParticipantJoined { .. } if state.room.status.is_final() => {
                 // A still-valid token reopened a finished room: close it again.
                 if self.teardown {

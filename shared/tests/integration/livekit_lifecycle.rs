@@ -191,6 +191,44 @@ async fn a_stale_event_never_undoes_newer_state(pool: DbPool) {
     assert_eq!(status_of(&pool, "r1", "bob").await, Some(3));
 }
 
+/// A late participant_joined from a call the uid has since left neither closes the call it
+/// rings in now nor reopens anything (found by the call simulation).
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_stale_join_never_closes_the_call_the_uid_is_in_now(pool: DbPool) {
+    let (app, stub) = app_with_livekit(pool.clone(), &[]).await;
+    let api = Api::new(&app);
+    api.open("a", "ca", &["u", "v"]).await;
+    api.joined("a", "u").await;
+    api.joined("a", "v").await;
+    let r = api.leave(&api.service(), "a", "u").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    api.open("b", "cb", &["u"]).await;
+    assert_eq!(status_of(&pool, "b", "u").await, Some(0));
+    let an_hour_ago = now_secs() - 3600;
+    let outcome = send(
+        &app,
+        "participant_joined",
+        "a",
+        Some("u"),
+        "EV_LATE",
+        an_hour_ago,
+    )
+    .await;
+    assert_eq!(outcome, "ignored");
+    assert_eq!(
+        status_of(&pool, "b", "u").await,
+        Some(0),
+        "u still rings in b"
+    );
+    assert_eq!(room_status(&pool, "b").await, Some(0));
+    assert_eq!(
+        status_of(&pool, "a", "u").await,
+        Some(3),
+        "and stays out of a"
+    );
+    assert!(stub.deleted().is_empty(), "{:?}", stub.deleted());
+}
+
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn unknown_rooms_and_uids_are_acknowledged_and_ignored(pool: DbPool) {
     let (app, stub) = app_with_livekit(pool.clone(), &[]).await;
