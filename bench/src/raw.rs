@@ -13,12 +13,12 @@
 
 use call_shared::cache::CachedRoom;
 use call_shared::model::{Now, Room, RoomStatus};
-use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{Connection, Row};
 
 pub const KEY_PREFIX: &str = "callsvc:room:";
+pub const GENERATION_PREFIX: &str = "callsvc:room-gen:";
 const RATE_PREFIX: &str = "callsvc:rl:";
 
 macro_rules! call_query {
@@ -177,10 +177,20 @@ impl Raw {
         tx.commit().await.map_err(db)
     }
 
-    /// get-room, cache miss: GET (nil), the room with its rows, SET EX of the cached copy.
+    /// The cache lookup: MGET of the copy and its generation.
+    async fn lookup(&mut self, room_name: &str) -> Res<(Option<String>, Option<i64>)> {
+        redis::cmd("MGET")
+            .arg(format!("{KEY_PREFIX}{room_name}"))
+            .arg(format!("{GENERATION_PREFIX}{room_name}"))
+            .query_async(&mut self.redis)
+            .await
+            .map_err(rd)
+    }
+
+    /// get-room, cache miss: MGET (nil), the room with its rows, the generation-checked SET EX
+    /// of the cached copy.
     pub async fn get_miss(&mut self, room_name: &str) -> Res<()> {
-        let key = format!("{KEY_PREFIX}{room_name}");
-        let cached: Option<String> = self.redis.get(&key).await.map_err(rd)?;
+        let (cached, generation) = self.lookup(room_name).await?;
         if cached.is_some() {
             return Err(format!("raw get: {room_name} was already cached"));
         }
@@ -197,16 +207,23 @@ impl Raw {
             room,
         };
         let text = serde_json::to_string(&cached).map_err(|e| e.to_string())?;
-        self.redis
-            .set_ex::<_, _, ()>(&key, text, 30)
+        redis::cmd("EVAL")
+            .arg(call_shared::cache::PUT_IF_CURRENT)
+            .arg(2)
+            .arg(format!("{KEY_PREFIX}{room_name}"))
+            .arg(format!("{GENERATION_PREFIX}{room_name}"))
+            .arg(text)
+            .arg(generation.unwrap_or(0))
+            .arg(30)
+            .query_async::<i64>(&mut self.redis)
             .await
+            .map(|_| ())
             .map_err(rd)
     }
 
-    /// get-room, cache hit: one GET and the decode of the cached copy.
+    /// get-room, cache hit: one MGET and the decode of the cached copy.
     pub async fn get_hit(&mut self, room_name: &str) -> Res<()> {
-        let key = format!("{KEY_PREFIX}{room_name}");
-        let cached: Option<String> = self.redis.get(&key).await.map_err(rd)?;
+        let (cached, _) = self.lookup(room_name).await?;
         let text = cached.ok_or_else(|| format!("raw get: {room_name} not cached"))?;
         let _room: CachedRoom = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         Ok(())
@@ -273,9 +290,20 @@ impl Raw {
         self.forget(room_name).await
     }
 
+    /// The cache forget after a commit: a new generation, then DEL, in one atomic pipeline.
     async fn forget(&mut self, room_name: &str) -> Res<()> {
-        let key = format!("{KEY_PREFIX}{room_name}");
-        self.redis.del::<_, ()>(&key).await.map_err(rd)
+        let generation = format!("{GENERATION_PREFIX}{room_name}");
+        redis::pipe()
+            .atomic()
+            .incr(&generation, 1)
+            .ignore()
+            .expire(&generation, 120)
+            .ignore()
+            .del(format!("{KEY_PREFIX}{room_name}"))
+            .ignore()
+            .query_async::<()>(&mut self.redis)
+            .await
+            .map_err(rd)
     }
 }
 
@@ -398,7 +426,10 @@ mod tests {
         let cache = cache_source();
         assert!(has(&cache, "const KEY_PREFIX: &str = \"callsvc:\";"));
         assert!(has(&cache, "format!(\"{KEY_PREFIX}room:{room_name}\")"));
+        assert!(has(&cache, "format!(\"{KEY_PREFIX}room-gen:{room_name}\")"));
         assert!(has(&cache, "const ROOM_TTL_SECS: u64 = 30;"));
+        assert!(has(&cache, "const GENERATION_TTL_SECS: i64 = 120;"));
+        assert!(has(&cache, "redis::cmd(\"MGET\")"));
         assert!(has(
             &cache,
             "format!(\"{KEY_PREFIX}rl:{bucket}:{uid}:{window}\")"

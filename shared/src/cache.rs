@@ -12,11 +12,35 @@ use serde::{Deserialize, Serialize};
 use crate::model::Room;
 
 const ROOM_TTL_SECS: u64 = 30;
+/// The generation of a room's cached copy outlives any copy written under it.
+const GENERATION_TTL_SECS: i64 = 120;
 const WEBHOOK_TTL_SECS: u64 = 24 * 3600;
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// After a failure, leave Redis alone for a while rather than pay a timeout per request.
 const BACKOFF: Duration = Duration::from_secs(5);
 const KEY_PREFIX: &str = "callsvc:";
+
+/// A cache lookup: the room when it is cached, and the generation it was looked up under,
+/// which a copy read from the database afterwards must be written back with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lookup {
+    pub room: Option<CachedRoom>,
+    pub generation: Generation,
+}
+
+/// How many times the room was forgotten (recently): a copy read from the database is
+/// written back only if no commit forgot the room since its lookup, so a reader that loaded
+/// the room just before another instance's commit cannot put the old state back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation(i64);
+
+/// SET the copy only while the generation is still the one its reader looked up.
+pub const PUT_IF_CURRENT: &str = r"
+if (tonumber(redis.call('GET', KEYS[2])) or 0) == tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 1
+end
+return 0";
 
 /// A room with its member uids, so a user's read can be authorised from the cache alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,31 +90,66 @@ impl Cache {
         format!("{KEY_PREFIX}room:{room_name}")
     }
 
-    pub async fn get_room(&self, room_name: &str) -> Option<CachedRoom> {
-        let text: Option<String> = self
-            .run("get room", |mut c| async move {
-                c.get(Self::key(room_name)).await
-            })
-            .await
-            .flatten();
-        text.and_then(|t| serde_json::from_str(&t).ok())
+    fn generation_key(room_name: &str) -> String {
+        format!("{KEY_PREFIX}room-gen:{room_name}")
     }
 
-    pub async fn put_room(&self, cached: &CachedRoom) {
+    /// The cached room and its generation, in one round trip.
+    pub async fn get_room(&self, room_name: &str) -> Lookup {
+        let found: Option<(Option<String>, Option<i64>)> = self
+            .run("get room", |mut c| async move {
+                redis::cmd("MGET")
+                    .arg(Self::key(room_name))
+                    .arg(Self::generation_key(room_name))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        let (text, generation) = found.unwrap_or_default();
+        Lookup {
+            room: text.and_then(|t| serde_json::from_str(&t).ok()),
+            generation: Generation(generation.unwrap_or(0)),
+        }
+    }
+
+    /// Caches a copy read from the database after a `get_room` miss, unless a commit forgot
+    /// the room since that lookup.
+    pub async fn put_room(&self, cached: &CachedRoom, looked_up: Generation) {
         let Ok(text) = serde_json::to_string(cached) else {
             return;
         };
-        let key = Self::key(&cached.room.room_name);
+        let name = &cached.room.room_name;
+        // EVAL: Redis keeps the compiled script by its digest, so this is one round trip.
+        let put = redis::cmd("EVAL")
+            .arg(PUT_IF_CURRENT)
+            .arg(2)
+            .arg(Self::key(name))
+            .arg(Self::generation_key(name))
+            .arg(text)
+            .arg(looked_up.0)
+            .arg(ROOM_TTL_SECS)
+            .to_owned();
         self.run("put room", |mut c| async move {
-            c.set_ex::<_, _, ()>(key, text, ROOM_TTL_SECS).await
+            put.query_async::<i64>(&mut c).await
         })
         .await;
     }
 
-    /// Called after every commit that touches the room.
+    /// Called after every commit that touches the room: a new generation first, so a copy
+    /// read before the commit is refused, then the copy itself goes.
     pub async fn forget_room(&self, room_name: &str) {
+        let generation = Self::generation_key(room_name);
         self.run("forget room", |mut c| async move {
-            c.del::<_, ()>(Self::key(room_name)).await
+            redis::pipe()
+                .atomic()
+                .incr(&generation, 1)
+                .ignore()
+                .expire(&generation, GENERATION_TTL_SECS)
+                .ignore()
+                .del(Self::key(room_name))
+                .ignore()
+                .query_async::<()>(&mut c)
+                .await
         })
         .await;
     }

@@ -140,7 +140,8 @@ pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
         let caller = app.caller(&req)?;
         let room_name = path_param(&req, routes::ROOM, "room_name")?;
         note(&room_name, caller.uid());
-        let cached = match app.cache.get_room(&room_name).await {
+        let lookup = app.cache.get_room(&room_name).await;
+        let cached = match lookup.room {
             Some(cached) => cached,
             None => {
                 let state = app
@@ -152,7 +153,7 @@ pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
                     members: state.rows.iter().map(|p| p.uid.clone()).collect(),
                     room: state.room,
                 };
-                app.cache.put_room(&cached).await;
+                app.cache.put_room(&cached, lookup.generation).await;
                 cached
             }
         };

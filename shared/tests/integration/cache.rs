@@ -75,16 +75,45 @@ async fn a_cached_room_round_trips_until_forgotten() {
         room: room(&name),
         members: vec!["alice".into(), "bob".into()],
     };
-    assert_eq!(cache.get_room(&name).await, None);
-    cache.put_room(&cached).await;
+    let miss = cache.get_room(&name).await;
+    assert_eq!(miss.room, None);
+    cache.put_room(&cached, miss.generation).await;
     let got = cache
         .get_room(&name)
         .await
+        .room
         .expect("redis must be reachable for this test");
     assert_eq!(got.members, cached.members);
     assert_eq!(got.room.room_name, name);
     cache.forget_room(&name).await;
-    assert_eq!(cache.get_room(&name).await, None);
+    assert_eq!(cache.get_room(&name).await.room, None);
+}
+
+/// Another instance's commit between a reader's lookup and its write-back wins: the copy the
+/// reader loaded before that commit is not cached.
+#[tokio::test]
+async fn a_copy_read_before_another_instances_commit_is_not_cached() {
+    let reader = Cache::new(Some(&common::redis_url())).expect("redis url");
+    let writer = Cache::new(Some(&common::redis_url())).expect("redis url");
+    let name = unique("race");
+    let stale = CachedRoom {
+        room: room(&name),
+        members: vec!["alice".into()],
+    };
+    let miss = reader.get_room(&name).await;
+    assert_eq!(miss.room, None);
+    // The reader has loaded `stale` from the database; now another instance commits.
+    writer.forget_room(&name).await;
+    reader.put_room(&stale, miss.generation).await;
+    assert_eq!(
+        reader.get_room(&name).await.room,
+        None,
+        "the old copy stays out"
+    );
+    // A lookup after the commit may cache what it reads.
+    let fresh = reader.get_room(&name).await;
+    reader.put_room(&stale, fresh.generation).await;
+    assert!(reader.get_room(&name).await.room.is_some());
 }
 
 #[tokio::test]
@@ -92,12 +121,15 @@ async fn an_unreachable_redis_is_skipped_quickly() {
     let cache = Cache::new(Some("redis://127.0.0.1:1/0")).expect("url parses");
     let started = Instant::now();
     cache
-        .put_room(&CachedRoom {
-            room: room("x"),
-            members: vec![],
-        })
+        .put_room(
+            &CachedRoom {
+                room: room("x"),
+                members: vec![],
+            },
+            cache.get_room("x").await.generation,
+        )
         .await;
-    assert_eq!(cache.get_room("x").await, None);
+    assert_eq!(cache.get_room("x").await.room, None);
     assert_eq!(cache.count_in_window("join", "alice").await, None);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -136,22 +168,40 @@ async fn get_room_is_served_from_the_cache_without_the_database(pool: DbPool) {
     assert_eq!(json(&second)["data"], json(&first)["data"]);
 }
 
+/// Two instances share Redis: one caches the room, the other commits a change to it, and
+/// the first one's next read shows the change.
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn a_commit_forgets_the_cached_room(pool: DbPool) {
-    let app = common::app_with(pool, &[("REDIS_URL", &common::redis_url())]);
-    let token = common::service_token(&app);
+    let redis = common::redis_url();
+    let reader = common::app_with(pool.clone(), &[("REDIS_URL", &redis)]);
+    let writer = common::app_with(pool, &[("REDIS_URL", &redis)]);
+    let token = common::service_token(&reader);
     let name = unique("stale");
-    seed_room(&app, &name).await;
+    seed_room(&reader, &name).await;
     let path = format!("/api/rooms/{name}");
-    let before = get_room(&app, request("GET", &path, &token, ""))
+    let before = get_room(&reader, request("GET", &path, &token, ""))
         .await
         .expect("response");
     assert_eq!(json(&before)["data"]["status"], 0);
-    let ended = end_room(&app, request("POST", &format!("{path}/end"), &token, ""))
+    let cached = reader
+        .cache
+        .get_room(&name)
+        .await
+        .room
+        .expect("cached by the read");
+    assert_eq!(cached.room.status, RoomStatus::NotStarted);
+
+    let ended = end_room(&writer, request("POST", &format!("{path}/end"), &token, ""))
         .await
         .expect("response");
     assert_eq!(ended.status(), 200);
-    let after = get_room(&app, request("GET", &path, &token, ""))
+    assert_eq!(
+        reader.cache.get_room(&name).await.room,
+        None,
+        "the commit forgot it"
+    );
+
+    let after = get_room(&reader, request("GET", &path, &token, ""))
         .await
         .expect("response");
     assert_eq!(json(&after)["data"]["status"], 3);

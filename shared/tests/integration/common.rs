@@ -56,8 +56,8 @@ pub fn redis_url() -> String {
 
 /// What another Lambda instance sees once a request has been answered: a connection of its
 /// own can lock every room and participant row (MariaDB) or take the write lock (SQLite) at
-/// once. It waits at most a second, which covers a concurrent request of the same test in
-/// flight. A transaction left open on the store's kept connection keeps the row locks of its
+/// once. It waits up to 5 s, which covers a concurrent request of the same test in flight on
+/// a loaded machine; a lock that was left behind never goes, so it still fails. A transaction left open on the store's kept connection keeps the row locks of its
 /// `SELECT … FOR UPDATE` and fails this; a read through the same connection (which sends the
 /// queued ROLLBACK first) or a plain read through the pool would not see it.
 ///
@@ -74,7 +74,7 @@ pub async fn assert_nothing_held(pool: &DbPool) {
     #[cfg(not(feature = "embedded"))]
     {
         other
-            .execute("SET SESSION innodb_lock_wait_timeout = 1")
+            .execute("SET SESSION innodb_lock_wait_timeout = 5")
             .await
             .expect("set lock wait");
         for sql in [
@@ -89,7 +89,7 @@ pub async fn assert_nothing_held(pool: &DbPool) {
     #[cfg(feature = "embedded")]
     {
         other
-            .execute("PRAGMA busy_timeout = 1000")
+            .execute("PRAGMA busy_timeout = 5000")
             .await
             .expect("busy timeout");
         if let Err(err) = other.execute("BEGIN IMMEDIATE").await {

@@ -618,7 +618,7 @@ async fn get_room_from_the_cache_reflects_a_change_made_since(pool: DbPool) {
     let first = api.get_room(&api.service(), &room).await;
     assert_eq!(first.ok("获取房间信息成功")["status"], 0);
     assert!(
-        app.cache.get_room(&room).await.is_some(),
+        app.cache.get_room(&room).await.room.is_some(),
         "the first read puts the room in the cache"
     );
     api.set_participant_status(&api.user("bob"), &room, "bob", 2)
@@ -653,7 +653,7 @@ async fn get_room_from_the_cache_refuses_a_user_without_a_row(pool: DbPool) {
     api.get_room(&api.service(), &room)
         .await
         .ok("获取房间信息成功");
-    assert!(app.cache.get_room(&room).await.is_some());
+    assert!(app.cache.get_room(&room).await.room.is_some());
     api.get_room(&api.user("mallory"), &room)
         .await
         .err(403, "forbidden");

@@ -17,5 +17,6 @@ mod handlers_participants;
 mod handlers_rooms;
 mod lifecycle;
 mod livekit_lifecycle;
+mod retries;
 mod rules_properties;
 mod store;
