@@ -32,7 +32,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed
             | sqlx::Error::Protocol(_)
-    )
+    ) || err.as_database_error().is_some_and(driver::is_unavailable)
 }
 
 /// Deadlocks, lock-wait timeouts and busy databases: the same transaction may succeed again.
@@ -54,6 +54,12 @@ mod driver {
     pub fn is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
         db.try_downcast_ref::<MySqlDatabaseError>()
             .is_some_and(|e| matches!(e.number(), 1205 | 1213))
+    }
+
+    /// Too many connections (1040), shutting down (1053), connection killed (1927).
+    pub fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
+        db.try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1927))
     }
 
     /// Which unique key a duplicate-entry error names.
@@ -80,6 +86,14 @@ mod driver {
     /// SQLITE_BUSY, SQLITE_LOCKED and SQLITE_BUSY_SNAPSHOT.
     pub fn is_retryable(db: &dyn sqlx::error::DatabaseError) -> bool {
         matches!(db.code().as_deref(), Some("5" | "6" | "517"))
+    }
+
+    /// The file cannot be opened or read: SQLITE_CANTOPEN (14), SQLITE_IOERR (10, and its
+    /// extended codes), SQLITE_FULL (13).
+    pub fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
+        db.code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 10 | 13 | 14))
     }
 
     pub fn unique_key(message: &str) -> Option<UniqueKey> {

@@ -1,26 +1,28 @@
 //! The database going away and coming back: 503 service_unavailable meanwhile, recovery
-//! without a restart. A TCP relay in front of MariaDB plays the outage.
-#![cfg(not(feature = "embedded"))]
+//! without a restart (MariaDB: a TCP relay in front of it plays the outage; SQLite: a
+//! database file that cannot be opened). And the production store serving every kind of
+//! request on the one connection it keeps, as a Lambda instance does.
 
 use crate::common;
 
-use std::net::SocketAddr;
-
 use call_shared::App;
 use call_shared::handlers::{get_room, health};
-use call_shared::store::{DbPool, Store};
+use call_shared::model::Now;
+use call_shared::store::{DbPool, NewRoom, Store};
 use lambda_http::{Body, Request};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use sqlx::ConnectOptions;
 
 /// Relays connections from `addr` to MariaDB until dropped (which cuts every connection).
+#[cfg(not(feature = "embedded"))]
 struct Relay {
-    accept: JoinHandle<()>,
+    accept: tokio::task::JoinHandle<()>,
 }
 
+#[cfg(not(feature = "embedded"))]
 impl Relay {
-    async fn start(addr: SocketAddr) -> Relay {
+    async fn start(addr: std::net::SocketAddr) -> Relay {
+        use tokio::net::{TcpListener, TcpStream};
         let listener = TcpListener::bind(addr).await.expect("bind relay");
         let accept = tokio::spawn(async move {
             let mut links = tokio::task::JoinSet::new();
@@ -36,6 +38,7 @@ impl Relay {
     }
 }
 
+#[cfg(not(feature = "embedded"))]
 impl Drop for Relay {
     fn drop(&mut self) {
         // Aborting the accept task drops the JoinSet, which aborts every relayed connection.
@@ -55,11 +58,15 @@ fn json(body: &Body) -> Value {
     serde_json::from_slice(body.as_ref()).expect("json")
 }
 
-async fn free_addr() -> SocketAddr {
-    let probe = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+#[cfg(not(feature = "embedded"))]
+async fn free_addr() -> std::net::SocketAddr {
+    let probe = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     probe.local_addr().expect("addr")
 }
 
+#[cfg(not(feature = "embedded"))]
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn requests_get_503_while_the_database_is_down_and_recover_after(pool: DbPool) {
     let database = pool
@@ -105,4 +112,87 @@ async fn requests_get_503_while_the_database_is_down_and_recover_after(pool: DbP
         404,
         "the same App answers again once MariaDB is back"
     );
+}
+
+/// SQLite's outage: the database file cannot be opened (its directory is missing), then can.
+#[cfg(feature = "embedded")]
+#[tokio::test]
+async fn requests_get_503_while_the_database_cannot_be_opened_and_recover_after() {
+    let dir = std::env::temp_dir().join(format!("call-outage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("sqlite://{}/call.db?mode=rwc", dir.display());
+    let app =
+        App::with_store(common::config(&[]), Store::connect_lazy(&url).expect("url")).expect("app");
+    let token = common::service_token(&app);
+
+    let down = health(&app, request("/health", None))
+        .await
+        .expect("response");
+    assert_eq!(down.status(), 503);
+    let refused = get_room(&app, request("/api/rooms/r1", Some(&token)))
+        .await
+        .expect("response");
+    assert_eq!(refused.status(), 503, "{}", json(refused.body()));
+    assert_eq!(json(refused.body())["error"], "service_unavailable");
+
+    std::fs::create_dir_all(&dir).expect("the directory comes back");
+    Store::prepare_local(&url, false).await.expect("migrate");
+    let back = health(&app, request("/health", None))
+        .await
+        .expect("response");
+    assert_eq!(back.status(), 200);
+    let missing = get_room(&app, request("/api/rooms/r1", Some(&token)))
+        .await
+        .expect("response");
+    assert_eq!(missing.status(), 404, "the same App answers again");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Lambda instance's store, with the production pool settings: the sweeper's reads, a
+/// refused create that names the channel's open room, and a plain read all go through the
+/// one kept connection. (With SQLite's old pool of one, the channel lookup and the sweeper's
+/// reads went to the pool while the kept connection held its only slot: 503 after 2 s.)
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn the_production_store_serves_every_kind_of_request_on_its_kept_connection(pool: DbPool) {
+    let store = Store::connect_lazy(pool.connect_options().to_url_lossy().as_ref()).expect("store");
+    let app =
+        App::with_store(common::config(&[("RING_TIMEOUT_SECONDS", "1")]), store).expect("app");
+    let room = |name: &str, creator: &str| NewRoom {
+        source_channel_id: "channel_1".into(),
+        source_channel_type: 0,
+        creator: creator.into(),
+        room_name: name.into(),
+        call_type: 1,
+        invite_on: 1,
+        max_participants: 2,
+    };
+    let then = Now::from_millis(Now::current().ms - 5_000).expect("instant");
+    app.store
+        .create_room(&room("r1", "alice"), &["bob".to_owned()], then)
+        .await
+        .expect("create");
+    let started = std::time::Instant::now();
+    let refused = app
+        .store
+        .create_room(&room("r2", "carol"), &[], Now::current())
+        .await;
+    assert_eq!(
+        refused.err(),
+        Some(call_shared::ApiError::ChannelHasActiveRoom {
+            room_name: "r1".into()
+        })
+    );
+    let report = call_shared::sweeper::sweep(&app, Now::current())
+        .await
+        .expect("sweep");
+    assert_eq!(report.rang_out, 1, "{report:?}");
+    let state = app.store.load("r1").await.expect("load").expect("room");
+    assert!(state.room.status.is_final(), "{:?}", state.room);
+    let took = started.elapsed();
+    println!("refusal, sweep and read on one kept connection: {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "nothing waited for a pool slot: {took:?}"
+    );
+    common::assert_nothing_held(&pool).await;
 }
