@@ -20,3 +20,4 @@ mod livekit_lifecycle;
 mod retries;
 mod rules_properties;
 mod store;
+mod store_model;
