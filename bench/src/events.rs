@@ -166,9 +166,43 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
 }
 
-impl Reply {
-    pub fn json(&self) -> Option<Value> {
-        serde_json::from_str(&self.body).ok()
+/// What a reply must be: 200 with `code` 0, or a refusal's status with, when named, the
+/// `error` key of its body (409 alone could be any of several refusals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    pub status: u16,
+    pub error: Option<&'static str>,
+}
+
+impl Expect {
+    pub const OK: Expect = Expect {
+        status: 200,
+        error: None,
+    };
+
+    /// A refusal with this status and error key.
+    pub const fn refused(status: u16, error: &'static str) -> Expect {
+        Expect {
+            status,
+            error: Some(error),
+        }
+    }
+
+    pub fn is_refusal(&self) -> bool {
+        self.status != 200
+    }
+
+    pub fn matches(&self, status: u16, body: &[u8]) -> bool {
+        if status != self.status {
+            return false;
+        }
+        let body: Option<Value> = serde_json::from_slice(body).ok();
+        let field = |name: &str| body.as_ref().and_then(|v| v.get(name));
+        if self.status == 200 {
+            return field("code").and_then(Value::as_i64) == Some(0);
+        }
+        self.error
+            .is_none_or(|key| field("error").and_then(Value::as_str) == Some(key))
     }
 }
 
@@ -263,8 +297,32 @@ mod tests {
         )
         .expect("reply");
         assert_eq!(reply.status, 409);
-        assert_eq!(reply.json().expect("json")["code"], 409);
+        let body: Value = serde_json::from_str(&reply.body).expect("json");
+        assert_eq!(body["code"], 409);
         assert!(parse_reply(b"{}").is_err());
         assert!(parse_reply(b"not json").is_err());
+    }
+
+    #[test]
+    fn expectations_check_the_status_and_the_body() {
+        let ok = br#"{"code":0,"msg":"Joined room","data":{}}"#;
+        let full = br#"{"code":409,"msg":"Room is full","error":"room_full"}"#;
+        assert!(Expect::OK.matches(200, ok));
+        assert!(!Expect::OK.matches(200, full), "200 needs code 0");
+        assert!(!Expect::OK.matches(409, full));
+        let refused = Expect::refused(409, "room_full");
+        assert!(refused.matches(409, full));
+        assert!(refused.is_refusal() && !Expect::OK.is_refusal());
+        let busy = br#"{"code":409,"error":"participant_in_call"}"#;
+        assert!(
+            !refused.matches(409, busy),
+            "another refusal is not this one"
+        );
+        assert!(!refused.matches(200, ok));
+        let any = Expect {
+            status: 409,
+            error: None,
+        };
+        assert!(any.matches(409, busy) && any.matches(409, full));
     }
 }

@@ -1,5 +1,5 @@
 //! A local stand-in for API Gateway in front of warm function instances, and the bounded load
-//! driver that runs create/join/leave cycles through it over HTTP on 127.0.0.1.
+//! driver that runs create/join/refused join/leave cycles through it over HTTP on 127.0.0.1.
 //!
 //! Like Lambda, an instance serves one request at a time and the gateway picks an idle one;
 //! unlike `cargo lambda watch`, it adds no build watcher or scheduler of its own, so the
@@ -16,7 +16,7 @@ use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::events::{self, HttpCall};
+use crate::events::{self, Expect, HttpCall};
 use crate::http;
 use crate::runtime_api::FunctionProcess;
 use crate::stats::micros;
@@ -151,9 +151,11 @@ pub struct LoadRun {
     pub cycles: usize,
     pub requests: usize,
     pub errors: usize,
+    /// Requests refused as the cycle expected (the third uid's join: 409 room_full).
+    pub refusals: usize,
     pub first_errors: Vec<String>,
     pub wall: Duration,
-    /// Per request kind (create, join, leave), microseconds.
+    /// Per request kind (create, join, refused, leave), microseconds.
     pub latencies: HashMap<&'static str, Vec<f64>>,
     pub cycle_latencies: Vec<f64>,
     pub timed_out: bool,
@@ -217,36 +219,24 @@ async fn worker(gateway: SocketAddr, plan: &LoadPlan, shared: &Shared, started: 
             return;
         }
         let room = format!("{}c{i}", plan.prefix);
-        let (creator, joiner) = (format!("{room}a"), format!("{room}b"));
-        let steps: [(&'static str, &str, Value); 3] = [
-            (
-                "create",
-                "/api/rooms",
-                json!({ "creator": creator, "room_name": room, "call_type": 1, "invite_on": 0 }),
-            ),
-            (
-                "join",
-                "/api/participants/join",
-                json!({ "room_name": room, "uid": joiner }),
-            ),
-            (
-                "leave",
-                "/api/participants/leave",
-                json!({ "room_name": room, "uid": joiner }),
-            ),
-        ];
+        let steps = cycle(&room);
         let cycle_start = Instant::now();
         let mut ok = true;
-        for (kind, path, body) in steps {
+        for (kind, path, body, expect) in steps {
             let t = Instant::now();
-            let outcome = request(&mut conn, gateway, path, &plan.token, &body).await;
+            let outcome = request(&mut conn, gateway, path, &plan.token, &body, expect).await;
             let us = micros(t.elapsed());
             let Ok(mut run) = shared.run.lock() else {
                 return;
             };
             run.requests += 1;
             match outcome {
-                Ok(()) => run.latencies.entry(kind).or_default().push(us),
+                Ok(()) => {
+                    if expect.is_refusal() {
+                        run.refusals += 1;
+                    }
+                    run.latencies.entry(kind).or_default().push(us);
+                }
                 Err(e) => {
                     run.errors += 1;
                     if run.first_errors.len() < 5 {
@@ -268,13 +258,48 @@ async fn worker(gateway: SocketAddr, plan: &LoadPlan, shared: &Shared, started: 
     }
 }
 
-/// One POST over the worker's keep-alive connection; anything but 200 with code 0 is an error.
+/// One cycle in a fresh room `room` (creator `room`a, joiner `room`b): create, join, a third
+/// uid `room`c refused as room_full (max_participants is 2, so the rule refuses it inside the
+/// call transaction, which rolls back), leave (the call ends).
+pub fn cycle(room: &str) -> [(&'static str, &'static str, Value, Expect); 4] {
+    let (creator, joiner, third) = (format!("{room}a"), format!("{room}b"), format!("{room}c"));
+    [
+        (
+            "create",
+            "/api/rooms",
+            json!({ "creator": creator, "room_name": room, "call_type": 1, "invite_on": 0 }),
+            Expect::OK,
+        ),
+        (
+            "join",
+            "/api/participants/join",
+            json!({ "room_name": room, "uid": joiner }),
+            Expect::OK,
+        ),
+        (
+            "refused",
+            "/api/participants/join",
+            json!({ "room_name": room, "uid": third }),
+            Expect::refused(409, "room_full"),
+        ),
+        (
+            "leave",
+            "/api/participants/leave",
+            json!({ "room_name": room, "uid": joiner }),
+            Expect::OK,
+        ),
+    ]
+}
+
+/// One POST over the worker's keep-alive connection; any reply but the expected one is an
+/// error.
 async fn request(
     conn: &mut Option<BufReader<TcpStream>>,
     gateway: SocketAddr,
     path: &str,
     token: &str,
     body: &Value,
+    expect: Expect,
 ) -> Result<(), String> {
     if conn.is_none() {
         let stream = TcpStream::connect(gateway)
@@ -304,14 +329,11 @@ async fn request(
             return Err(format!("transport: {e}"));
         }
     };
-    let code = serde_json::from_slice::<Value>(&reply.body)
-        .ok()
-        .and_then(|v| v.get("code").and_then(Value::as_i64));
-    if reply.status == 200 && code == Some(0) {
+    if expect.matches(reply.status, &reply.body) {
         Ok(())
     } else {
         Err(format!(
-            "HTTP {}: {}",
+            "expected {expect:?}, got HTTP {}: {}",
             reply.status,
             events::lossy(&reply.body)
         ))
@@ -338,5 +360,25 @@ mod tests {
         );
         assert_eq!(route("DELETE", "/api/rooms/r1"), None);
         assert_eq!(route("POST", "/api/rooms/r1/end"), None);
+    }
+
+    #[test]
+    fn a_cycle_fills_the_room_then_is_refused_once_then_ends_it() {
+        let steps = cycle("r1");
+        let kinds: Vec<&str> = steps.iter().map(|s| s.0).collect();
+        assert_eq!(kinds, ["create", "join", "refused", "leave"]);
+        let uids: Vec<&str> = steps[1..]
+            .iter()
+            .filter_map(|s| s.2["uid"].as_str())
+            .collect();
+        assert_eq!(uids, ["r1b", "r1c", "r1b"]);
+        assert_eq!(
+            steps.iter().filter(|s| s.3.is_refusal()).count(),
+            1,
+            "one refusal per cycle"
+        );
+        for (_, path, _, _) in &steps {
+            assert!(route("POST", path).is_some(), "{path} has a route");
+        }
     }
 }

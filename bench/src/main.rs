@@ -3,7 +3,8 @@
 //!
 //! Phases: binary sizes; init time (exec to the first Runtime API poll); warm latency of each
 //! endpoint through a local Runtime API, interleaved with the same I/O done raw; database
-//! round trips per endpoint; peak memory; a bounded concurrent load through a local gateway.
+//! round trips per endpoint; peak memory; a bounded concurrent load through a local gateway,
+//! then the transactions still open on the bench database (0: every refusal rolled back).
 //! `--smoke` runs every phase with tiny counts and no thresholds (the test command uses it).
 
 mod counting;
@@ -27,7 +28,7 @@ use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 
 use crate::counting::{Commands, CountingProxy, Questions};
-use crate::events::HttpCall;
+use crate::events::{Expect, HttpCall};
 use crate::gateway::{Gateway, Instances, LoadPlan};
 use crate::raw::Raw;
 use crate::report::{Arm64, CountRow, Floors, MemoryRow, Results, SizeRow, WarmRow};
@@ -41,11 +42,14 @@ const LIVEKIT_KEY: &str = "benchkey";
 const LIVEKIT_SECRET: &str = "bench-livekit-secret-of-sufficient-length";
 
 /// The endpoints of the warm and round-trip phases, in the order a call uses them.
+/// "refused" is a third uid's join into the room "join" filled (max_participants 2): the rule
+/// refuses it inside the call transaction (409 room_full), which then rolls back.
 pub const STEPS: &[(&str, &str)] = &[
     ("create", "create-room"),
     ("getmiss", "get-room"),
     ("gethit", "get-room"),
     ("join", "join-room"),
+    ("refused", "join-room"),
     ("list", "list-rooms"),
     ("leave", "leave-room"),
 ];
@@ -239,13 +243,14 @@ impl Ctx {
         self.auth.mint(uid, false, 3600).expect("mint a user token")
     }
 
-    /// The HTTP API event of one step of the call `room` (creator `room`a, joiner `room`b).
-    fn step_call(&self, step: &str, room: &str) -> (HttpCall, u16) {
+    /// The HTTP API event of one step of the call `room` (creator `room`a, joiner `room`b,
+    /// refused third uid `room`c) and the reply it must get.
+    fn step_call(&self, step: &str, room: &str) -> (HttpCall, Expect) {
         let creator = format!("{room}a");
         let joiner = format!("{room}b");
         let token = &self.service_token;
         match step {
-            "create" => (create_call(token, room, &creator), 200),
+            "create" => (create_call(token, room, &creator), Expect::OK),
             "getmiss" | "gethit" => (
                 HttpCall::new(
                     "GET",
@@ -253,32 +258,31 @@ impl Ctx {
                     &format!("/api/rooms/{room}"),
                 )
                 .bearer(token),
-                200,
+                Expect::OK,
             ),
-            "join" => (
-                HttpCall::new("POST", "/api/participants/join", "/api/participants/join")
-                    .bearer(token)
-                    .json(&json!({ "room_name": room, "uid": joiner })),
-                200,
+            "join" => (join_call(token, room, &joiner), Expect::OK),
+            "refused" => (
+                join_call(token, room, &format!("{room}c")),
+                Expect::refused(409, "room_full"),
             ),
             // A user's call history: the uid filter is forced to the caller.
             "list" => (
                 HttpCall::new("GET", "/api/rooms", "/api/rooms")
                     .query("limit=10")
                     .bearer(&self.user_token(&creator)),
-                200,
+                Expect::OK,
             ),
             "leave" => (
                 HttpCall::new("POST", "/api/participants/leave", "/api/participants/leave")
                     .bearer(token)
                     .json(&json!({ "room_name": room, "uid": joiner })),
-                200,
+                Expect::OK,
             ),
             // No I/O at all: auth, path validation and the error envelope (a blank room name).
             "floor" => (
                 HttpCall::new("GET", "/api/rooms/{room_name}", "/api/rooms/bad%20name")
                     .bearer(token),
-                400,
+                Expect::refused(400, "invalid_parameters"),
             ),
             other => panic!("unknown step {other}"),
         }
@@ -291,12 +295,18 @@ fn create_call(token: &str, room: &str, creator: &str) -> HttpCall {
         .json(&json!({ "creator": creator, "room_name": room, "call_type": 1, "invite_on": 0 }))
 }
 
-/// One invocation through the Runtime API; the reply must have the expected status.
+fn join_call(token: &str, room: &str, uid: &str) -> HttpCall {
+    HttpCall::new("POST", "/api/participants/join", "/api/participants/join")
+        .bearer(token)
+        .json(&json!({ "room_name": room, "uid": uid }))
+}
+
+/// One invocation through the Runtime API; the reply must be the expected one.
 async fn invoke(
     process: &FunctionProcess,
     label: &str,
     call: &HttpCall,
-    expect: u16,
+    expect: Expect,
 ) -> Result<Duration, String> {
     let payload = events::api_gateway_v2(call, label, chrono::Utc::now().timestamp_millis())
         .to_string()
@@ -305,13 +315,9 @@ async fn invoke(
     let (_, body) = process.invoke(label, payload).await?;
     let elapsed = started.elapsed();
     let reply = events::parse_reply(&body)?;
-    let code = reply
-        .json()
-        .and_then(|v| v.get("code").and_then(Value::as_i64));
-    let ok = reply.status == expect && (expect != 200 || code == Some(0));
-    if !ok {
+    if !expect.matches(reply.status, reply.body.as_bytes()) {
         return Err(format!(
-            "{} {label}: expected {expect}, got {}: {}",
+            "{} {label}: expected {expect:?}, got {}: {}",
             process.name, reply.status, reply.body
         ));
     }
@@ -327,6 +333,7 @@ async fn raw_step(raw: &mut Raw, step: &str, room: &str) -> Result<Duration, Str
         "getmiss" => raw.get_miss(room).await?,
         "gethit" => raw.get_hit(room).await?,
         "join" => raw.join(room, &joiner, now).await?,
+        "refused" => raw.refused_join(room, &format!("{room}c")).await?,
         "list" => raw.list(&creator).await?,
         "leave" => raw.leave(room, &joiner, now).await?,
         other => return Err(format!("no raw step {other}")),
@@ -482,10 +489,11 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             "concurrency: {} workers, {} cycles, limit {:?}",
             ctx.opts.workers, ctx.opts.cycles, ctx.opts.time_limit
         ));
-        let (load, load_memory, leftovers) = concurrency(&ctx).await?;
-        results.load = Some(load);
-        results.load_memory = load_memory;
-        results.leftovers = leftovers;
+        let outcome = concurrency(&ctx).await?;
+        results.load = Some(outcome.run);
+        results.load_memory = outcome.memory;
+        results.leftovers = outcome.leftovers;
+        results.open_transactions = outcome.open_transactions;
     }
     results.finish();
 
@@ -508,6 +516,14 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         return Err(format!(
             "load left {:?} rooms or rows not ended",
             results.leftovers
+        ));
+    }
+    if let Some(open) = &results.open_transactions
+        && open.count != 0
+    {
+        return Err(format!(
+            "{} transactions still open on {} after the load: {:?}",
+            open.count, ctx.opts.database, open.detail
         ));
     }
     Ok(ctx.opts.out.clone())
@@ -769,11 +785,10 @@ async fn warm_latency(ctx: &Ctx) -> Result<(Vec<WarmRow>, Option<Floors>, Vec<Me
             handler.entry(label).or_default().extend(v);
         }
         if let Some((hwm, rss)) = p.memory_kib() {
-            let invocations = if *function == "get-room" {
-                3 * total
-            } else {
-                total
-            };
+            // Each step it serves once a round; get-room also serves the no-I/O floor.
+            let steps = STEPS.iter().filter(|(_, f)| f == function).count()
+                + usize::from(*function == "get-room");
+            let invocations = steps * total;
             memory.push(MemoryRow {
                 function: function.to_string(),
                 hwm_kib: hwm,
@@ -982,9 +997,20 @@ impl RedisCommands {
     }
 }
 
-/// Bounded parallel create/join/leave cycles through the gateway, rate limits off; then the
-/// peak memory of the instances and a check that every room the load made has ended.
-async fn concurrency(ctx: &Ctx) -> Result<(gateway::LoadRun, Vec<MemoryRow>, Option<i64>), String> {
+/// What the concurrency phase found.
+struct LoadOutcome {
+    run: gateway::LoadRun,
+    memory: Vec<MemoryRow>,
+    /// Rooms of the load not ended, plus rows still live in them.
+    leftovers: Option<i64>,
+    /// Transactions open on the bench database after the load, by the cleanest sample.
+    open_transactions: Option<OpenTransactions>,
+}
+
+/// Bounded parallel create/join/refused join/leave cycles through the gateway, rate limits
+/// off; then the peak memory of the instances, a check that every room the load made has
+/// ended, and the transactions still open on the bench database while the instances live.
+async fn concurrency(ctx: &Ctx) -> Result<LoadOutcome, String> {
     let env = ctx.env(&ctx.db_url, false);
     let workers = ctx.opts.workers.max(1);
     let mut pools: HashMap<&'static str, Arc<Instances>> = HashMap::new();
@@ -1004,7 +1030,7 @@ async fn concurrency(ctx: &Ctx) -> Result<(gateway::LoadRun, Vec<MemoryRow>, Opt
         if function == "create-room" {
             let room = format!("{}k", ctx.prefix);
             let call = create_call(&token, &room, &warm_creator);
-            invoke(&all[0], "warm", &call, 200).await?;
+            invoke(&all[0], "warm", &call, Expect::OK).await?;
         }
         for (i, p) in all.iter().enumerate() {
             let call = match function {
@@ -1020,7 +1046,11 @@ async fn concurrency(ctx: &Ctx) -> Result<(gateway::LoadRun, Vec<MemoryRow>, Opt
                     )
                 }
             };
-            let expect = if function == "create-room" { 409 } else { 404 };
+            let expect = if function == "create-room" {
+                Expect::refused(409, "creator_in_another_call")
+            } else {
+                Expect::refused(404, "room_not_found")
+            };
             invoke(p, "warm", &call, expect).await?;
         }
         pools.insert(function, Arc::new(Instances::new(all)));
@@ -1055,7 +1085,73 @@ async fn concurrency(ctx: &Ctx) -> Result<(gateway::LoadRun, Vec<MemoryRow>, Opt
     }
     memory.sort_by(|a, b| a.function.cmp(&b.function));
     let leftovers = leftovers(ctx).await.ok();
-    Ok((run, memory, leftovers))
+    // Checked while every instance still holds its kept connection: one that a refusal left
+    // inside a transaction would show here.
+    let open_transactions = match open_transactions(ctx).await {
+        Ok(open) => Some(open),
+        Err(e) => {
+            log(format!("open transactions: not checked: {e}"));
+            None
+        }
+    };
+    Ok(LoadOutcome {
+        run,
+        memory,
+        leftovers,
+        open_transactions,
+    })
+}
+
+/// The transactions open on the bench database, seen from `information_schema` (InnoDB's
+/// transactions joined with the sessions that hold them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenTransactions {
+    /// In the cleanest sample (0 as soon as one sample is clean).
+    pub count: i64,
+    /// Samples taken (one every 100 ms for up to 2 s).
+    pub samples: usize,
+    /// What the open ones were doing, when some stayed open.
+    pub detail: Vec<String>,
+}
+
+/// Polls for up to 2 s until no session on the bench database (other than this one) has an
+/// InnoDB transaction: one in flight at the moment of a check is not a leak, one that stays
+/// open through every sample is.
+async fn open_transactions(ctx: &Ctx) -> Result<OpenTransactions, sqlx::Error> {
+    // One text column per transaction, so no column type of information_schema matters.
+    const SQL: &str = "SELECT CAST(CONCAT('thread ', t.trx_mysql_thread_id, ': ', \
+         t.trx_state, ' since ', t.trx_started, ', ', t.trx_rows_locked, ' rows locked, ', \
+         'session ', p.command, ' for ', p.time, ' s') AS CHAR) \
+         FROM information_schema.innodb_trx t \
+         JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id \
+         WHERE p.db = ? AND p.id <> CONNECTION_ID()";
+    let mut c = MySqlConnection::connect(&ctx.db_url).await?;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut best: Option<OpenTransactions> = None;
+    let mut samples = 0;
+    loop {
+        let open: Vec<String> = sqlx::query_scalar(SQL)
+            .bind(&ctx.opts.database)
+            .fetch_all(&mut c)
+            .await?;
+        samples += 1;
+        let sample = OpenTransactions {
+            count: open.len() as i64,
+            samples,
+            detail: open,
+        };
+        if best.as_ref().is_none_or(|b| sample.count < b.count) {
+            best = Some(sample);
+        }
+        if best.as_ref().is_some_and(|b| b.count == 0) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = c.close().await;
+    let mut best = best.unwrap_or_default();
+    best.samples = samples;
+    Ok(best)
 }
 
 /// Rooms of the load that did not end, plus rows still ringing or joined in them.

@@ -12,7 +12,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use call_shared::cache::CachedRoom;
-use call_shared::model::{Now, Room, RoomStatus};
+use call_shared::model::{Now, ParticipantStatus, Room, RoomStatus};
 use redis::aio::ConnectionManager;
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{Connection, Row};
@@ -35,6 +35,9 @@ macro_rules! call_query {
     };
 }
 
+/// What every call transaction begins with (store/backend.rs `BEGIN`); sqlx ends it with
+/// `COMMIT` or `ROLLBACK` (`tx.commit()` / `tx.rollback()` in `store::in_transaction`).
+pub const BEGIN: &str = "BEGIN";
 pub const LOAD_CALL: &str = call_query!("");
 pub const LOCK_CALL: &str = call_query!(" FOR UPDATE");
 pub const LIVE_UIDS_ONE: &str =
@@ -56,6 +59,7 @@ pub const UID_FILTER: &str = " WHERE 1 = 1 AND EXISTS (SELECT 1 FROM call_partic
 pub struct Row3 {
     pub id: i64,
     pub uid: String,
+    pub status: i16,
     pub join_time: i64,
 }
 
@@ -76,13 +80,13 @@ fn decode(rows: &[MySqlRow]) -> Result<Option<(Room, Vec<Row3>)>, sqlx::Error> {
         let Some(id) = row.try_get::<Option<i64>, _>("p_id")? else {
             continue;
         };
-        let _status: i16 = row.try_get("p_status")?;
         let _leave: i64 = row.try_get("p_leave_time")?;
         let _created: chrono::NaiveDateTime = row.try_get("p_created_at")?;
         let _updated: chrono::NaiveDateTime = row.try_get("p_updated_at")?;
         parts.push(Row3 {
             id,
             uid: row.try_get("p_uid")?,
+            status: row.try_get("p_status")?,
             join_time: row.try_get("p_join_time")?,
         });
     }
@@ -150,7 +154,7 @@ impl Raw {
     /// create-room without invitees: the creator's liveness check, the room, the creator's row.
     pub async fn create(&mut self, room_name: &str, creator: &str, now: Now) -> Res<()> {
         self.count_request("create", creator).await?;
-        let mut tx = self.db.begin().await.map_err(db)?;
+        let mut tx = self.db.begin_with(BEGIN).await.map_err(db)?;
         let busy: Vec<String> = sqlx::query_scalar(LIVE_UIDS_ONE)
             .bind(creator.to_owned())
             .fetch_all(&mut *tx)
@@ -232,12 +236,33 @@ impl Raw {
     /// join-room of a second uid into a room at 0: lock, room to 1, the new row, DEL.
     pub async fn join(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
         self.count_request("join", uid).await?;
-        let mut tx = self.db.begin().await.map_err(db)?;
+        let mut tx = self.db.begin_with(BEGIN).await.map_err(db)?;
         let (room, _) = lock_call(&mut tx, room_name, "join").await?;
         update_room(&mut tx, room.id, RoomStatus::InProgress, now).await?;
         insert_participant(&mut tx, room_name, uid, now).await?;
         tx.commit().await.map_err(db)?;
         self.forget(room_name).await
+    }
+
+    /// join-room of a third uid into a room its two joined rows fill: the rate-limit counter,
+    /// then lock, the rule refuses (room_full), ROLLBACK awaited, as `store::in_transaction`
+    /// ends a refused transaction. Nothing is written, so nothing is forgotten in Redis.
+    pub async fn refused_join(&mut self, room_name: &str, uid: &str) -> Res<()> {
+        self.count_request("join", uid).await?;
+        let mut tx = self.db.begin_with(BEGIN).await.map_err(db)?;
+        let (room, parts) = lock_call(&mut tx, room_name, "refused join").await?;
+        let joined = parts
+            .iter()
+            .filter(|p| p.status == ParticipantStatus::Joined.code())
+            .count();
+        tx.rollback().await.map_err(db)?;
+        let capacity = usize::try_from(room.max_participants).unwrap_or(0);
+        if joined < capacity {
+            return Err(format!(
+                "raw refused join: {room_name} has {joined} of {capacity} joined, not full"
+            ));
+        }
+        Ok(())
     }
 
     /// list-rooms as a user: the count, then the page.
@@ -269,7 +294,7 @@ impl Raw {
 
     /// leave-room of the second uid: lock, the room ends, both rows to hung up, DEL.
     pub async fn leave(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
-        let mut tx = self.db.begin().await.map_err(db)?;
+        let mut tx = self.db.begin_with(BEGIN).await.map_err(db)?;
         let (room, parts) = lock_call(&mut tx, room_name, "leave").await?;
         update_room(&mut tx, room.id, RoomStatus::Ended, now).await?;
         // The leaver first, then the one left behind, as the settle rule changes them.
@@ -416,6 +441,12 @@ mod tests {
             " AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ",
             " ORDER BY r.id DESC LIMIT ",
             " OFFSET ",
+            // Every call transaction: BEGIN, then COMMIT on success or ROLLBACK on a refusal,
+            // both awaited in `in_transaction` (the refused join's mirror ends with ROLLBACK).
+            &format!("pub const BEGIN: &str = \"{BEGIN}\";"),
+            "begin_with(backend::BEGIN)",
+            "tx.commit().await?",
+            "tx.rollback().await",
         ] {
             assert!(has(&store, piece), "the store no longer sends {piece:?}");
         }
