@@ -118,9 +118,10 @@ class Database:
     # -- connections ---------------------------------------------------------------------
 
     def _mariadb(self, **kw):
-        return pymysql.connect(
-            database=MARIADB_DATABASE, autocommit=True, charset="utf8mb4", **MARIADB_ADMIN, **kw
-        )
+        # `kw` overrides the defaults (assert_unlocked passes autocommit=False).
+        options = dict(database=MARIADB_DATABASE, autocommit=True, charset="utf8mb4", **MARIADB_ADMIN)
+        options.update(kw)
+        return pymysql.connect(**options)
 
     def _sqlite(self, timeout: float = 5.0):
         conn = sqlite3.connect(str(self.sqlite_file), timeout=timeout, isolation_level=None)
@@ -170,6 +171,8 @@ class Database:
         """No transaction of the service stays open: the sweeper's own (a few ms, every
         second) may be caught in flight, so one clean sample within `within_s` is required,
         which a transaction left open never gives."""
+        # information_schema.innodb_trx is a snapshot MariaDB refreshes at most every 0.1 s.
+        time.sleep(0.11)
         deadline = time.monotonic() + within_s
         seen: list[tuple] = []
         while True:
@@ -417,6 +420,9 @@ def start_job(backend: str, tmp: Path) -> tuple[subprocess.Popen, int, Path, Dat
         PORT=str(port),
         RUST_LOG="info",
         DEV_NO_RELOAD="1",
+        # More than one instance per function, as Lambda scales out: requests to the same
+        # function race in the database too, not in cargo lambda's queue.
+        LAMBDA_CONCURRENCY="3",
         RING_TIMEOUT_SECONDS=str(RING_TIMEOUT_S),
         SWEEP_INTERVAL_SECONDS=str(SWEEP_INTERVAL_S),
         # The suites send many requests per uid; the limits have tests of their own.
