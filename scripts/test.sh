@@ -43,13 +43,13 @@ ensure_services() {
     wait_for Redis 6379
 }
 
-# The whole run needs about 4 GB in target/ (debug builds for both backends, one release
+# The whole run needs about 6 GB in target/ (debug builds for both backends, one release
 # cross-build); a full disk shows up as a linker crash ("Bus error"), so say so up front.
 check_disk() {
     local free_kb
     free_kb=$(df -Pk "$ROOT" | awk 'NR == 2 { print $4 }')
-    if [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
-        echo "FAIL: only $((free_kb / 1024)) MB free under $ROOT; the test run needs about 4 GB" >&2
+    if [ "$free_kb" -lt $((6 * 1024 * 1024)) ]; then
+        echo "FAIL: only $((free_kb / 1024)) MB free under $ROOT; the test run needs about 6 GB" >&2
         exit 1
     fi
 }
