@@ -21,14 +21,37 @@ pub const KEY_PREFIX: &str = "callsvc:room:";
 pub const GENERATION_PREFIX: &str = "callsvc:room-gen:";
 const RATE_PREFIX: &str = "callsvc:rl:";
 
+macro_rules! room_columns {
+    () => {
+        concat!(
+            "r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
+            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
+            "r.ring_timeout_seconds, r.max_duration_seconds, r.solo_timeout_seconds, ",
+            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline"
+        )
+    };
+}
+
+macro_rules! participant_columns {
+    () => {
+        concat!(
+            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
+            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, ",
+            "p.updated_at AS p_updated_at, p.reason AS p_reason, p.invited_at AS p_invited_at, ",
+            "p.ring_deadline AS p_ring_deadline, p.ring_seconds AS p_ring_seconds, ",
+            "p.talk_seconds AS p_talk_seconds"
+        )
+    };
+}
+
 macro_rules! call_query {
     ($suffix:expr) => {
         concat!(
-            "SELECT r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
-            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
-            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
-            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, p.updated_at AS p_updated_at ",
-            "FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
+            "SELECT ",
+            room_columns!(),
+            ", ",
+            participant_columns!(),
+            " FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
             "WHERE r.room_name = ? ORDER BY p.id",
             $suffix
         )
@@ -43,15 +66,20 @@ pub const LOCK_CALL: &str = call_query!(" FOR UPDATE");
 pub const LIVE_UIDS_ONE: &str =
     "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (?)";
 pub const INSERT_ROOM: &str = "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
-     call_type, invite_on, max_participants, status, created_at, updated_at) \
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+         call_type, invite_on, max_participants, status, created_at, updated_at, \
+         ring_timeout_seconds, max_duration_seconds, solo_timeout_seconds, deadline) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 pub const INSERT_PARTICIPANT: &str = "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)";
-pub const UPDATE_ROOM: &str = "UPDATE call_room SET status = ?, updated_at = ? WHERE id = ?";
+                 created_at, updated_at, reason, invited_at, ring_deadline, ring_seconds, \
+                 talk_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+pub const UPDATE_ROOM: &str = "UPDATE call_room SET status = ?, updated_at = ?, end_reason = ?, started_at = ?, \
+             ended_at = ?, solo_since = ?, deadline = ? WHERE id = ?";
 pub const UPDATE_PARTICIPANT: &str = "UPDATE call_participant SET status = ?, join_time = ?, leave_time = ?, \
-                 updated_at = ? WHERE id = ?";
-const ROOM_COLUMNS: &str = "r.id, r.source_channel_id, r.source_channel_type, r.creator, \
-     r.room_name, r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at";
+                 updated_at = ?, reason = ?, invited_at = ?, ring_deadline = ?, \
+                 ring_seconds = ?, talk_seconds = ? WHERE id = ?";
+const ROOM_COLUMNS: &str = room_columns!();
+/// A default ring timeout: a room at 0 that nobody rings closes after it.
+const RING_TIMEOUT: chrono::Duration = chrono::Duration::seconds(60);
 pub const UID_FILTER: &str = " WHERE 1 = 1 AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ?)";
 
 /// A participant row as the lock query returns it.
@@ -108,6 +136,7 @@ fn decode_room(row: &MySqlRow) -> Result<Room, sqlx::Error> {
             .ok_or_else(|| sqlx::Error::Decode("room status".into()))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        ..Room::default()
     })
 }
 
@@ -174,6 +203,10 @@ impl Raw {
             .bind(RoomStatus::NotStarted.code())
             .bind(now.at)
             .bind(now.at)
+            .bind(60i32)
+            .bind(0i32)
+            .bind(0i32)
+            .bind(Some(now.at + RING_TIMEOUT))
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -208,6 +241,7 @@ impl Raw {
             .ok_or_else(|| format!("raw get: no room {room_name}"))?;
         let cached = CachedRoom {
             members: parts.into_iter().map(|p| p.uid).collect(),
+            deadline: room.deadline,
             room,
         };
         let text = serde_json::to_string(&cached).map_err(|e| e.to_string())?;
@@ -269,7 +303,7 @@ impl Raw {
     pub async fn list(&mut self, uid: &str) -> Res<()> {
         let count_sql = format!("SELECT COUNT(*) FROM call_room r{UID_FILTER}");
         let select_sql = format!(
-            "SELECT {ROOM_COLUMNS} FROM call_room r{UID_FILTER} ORDER BY r.id DESC LIMIT ? OFFSET ?"
+            "SELECT {ROOM_COLUMNS} FROM call_room r{UID_FILTER} ORDER BY r.id DESC LIMIT ?"
         );
         let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count_sql))
             .bind(uid.to_owned())
@@ -281,8 +315,7 @@ impl Raw {
         }
         let rows = sqlx::query(sqlx::AssertSqlSafe(select_sql))
             .bind(uid.to_owned())
-            .bind(10i64)
-            .bind(0i64)
+            .bind(11i64)
             .fetch_all(&mut self.db)
             .await
             .map_err(db)?;
@@ -301,11 +334,21 @@ impl Raw {
         let mut ordered = parts.clone();
         ordered.sort_by_key(|p| p.uid != uid);
         for p in ordered {
+            let reason = if p.uid == uid {
+                "hung_up"
+            } else {
+                "call_ended"
+            };
             sqlx::query(UPDATE_PARTICIPANT)
                 .bind(3i16)
                 .bind(p.join_time)
                 .bind(now.ms)
                 .bind(now.at)
+                .bind(Some(reason))
+                .bind(None::<chrono::NaiveDateTime>)
+                .bind(None::<chrono::NaiveDateTime>)
+                .bind(0i64)
+                .bind((now.ms - p.join_time) / 1000)
                 .bind(p.id)
                 .execute(&mut *tx)
                 .await
@@ -346,6 +389,11 @@ async fn insert_participant(
         .bind(0i64)
         .bind(now.at)
         .bind(now.at)
+        .bind(None::<&str>)
+        .bind(None::<chrono::NaiveDateTime>)
+        .bind(None::<chrono::NaiveDateTime>)
+        .bind(0i64)
+        .bind(0i64)
         .execute(&mut **tx)
         .await
         .map_err(db)?;
@@ -374,9 +422,19 @@ async fn update_room(
     status: RoomStatus,
     now: Now,
 ) -> Res<()> {
+    let (ended, reason) = if status.is_final() {
+        (Some(now.at), Some("completed"))
+    } else {
+        (None, None)
+    };
     sqlx::query(UPDATE_ROOM)
         .bind(status.code())
         .bind(now.at)
+        .bind(reason)
+        .bind(Some(now.at))
+        .bind(ended)
+        .bind(None::<chrono::NaiveDateTime>)
+        .bind(None::<chrono::NaiveDateTime>)
         .bind(id)
         .execute(&mut **tx)
         .await
@@ -423,11 +481,16 @@ mod tests {
     fn the_raw_sql_is_the_stores_sql() {
         let store = store_source();
         for piece in [
-            "SELECT r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
+            "r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
             "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
+            "r.ring_timeout_seconds, r.max_duration_seconds, r.solo_timeout_seconds, ",
+            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline",
             "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
-            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, p.updated_at AS p_updated_at ",
-            "FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
+            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, ",
+            "p.updated_at AS p_updated_at, p.reason AS p_reason, p.invited_at AS p_invited_at, ",
+            "p.ring_deadline AS p_ring_deadline, p.ring_seconds AS p_ring_seconds, ",
+            "p.talk_seconds AS p_talk_seconds",
+            " FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
             "WHERE r.room_name = ? ORDER BY p.id",
             "\" FOR UPDATE\"",
             "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (",
@@ -435,7 +498,6 @@ mod tests {
             INSERT_PARTICIPANT,
             UPDATE_ROOM,
             UPDATE_PARTICIPANT,
-            ROOM_COLUMNS,
             "SELECT COUNT(*) FROM call_room r",
             " WHERE 1 = 1",
             " AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ",

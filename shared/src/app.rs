@@ -102,6 +102,25 @@ impl App {
         }
     }
 
+    /// RemoveParticipant for a uid taken out of a call, then forget its pending removal. A
+    /// failure is logged and left to the sweeper.
+    pub async fn remove_from_livekit(&self, room_name: &str, uid: &str) {
+        match self.livekit.remove_participant(room_name, uid).await {
+            Ok(true) => {
+                if let Err(err) = self.store.removal_done(room_name, uid).await {
+                    tracing::warn!(room_name, uid, error = %err, "removal done but not recorded; it will repeat");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(
+                room_name,
+                uid,
+                error,
+                "livekit RemoveParticipant failed; the sweeper retries"
+            ),
+        }
+    }
+
     pub fn caller(&self, req: &lambda_http::Request) -> Result<Caller, ApiError> {
         self.auth.caller(crate::http::header(req, "authorization"))
     }

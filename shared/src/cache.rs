@@ -42,11 +42,21 @@ if (tonumber(redis.call('GET', KEYS[2])) or 0) == tonumber(ARGV[2]) then
 end
 return 0";
 
-/// A room with its member uids, so a user's read can be authorised from the cache alone.
+/// A room with its member uids, so a user's read can be authorised from the cache alone,
+/// and its next deadline: past it, the copy says nothing about now and is not used.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CachedRoom {
     pub room: Room,
     pub members: Vec<String>,
+    #[serde(default)]
+    pub deadline: Option<chrono::NaiveDateTime>,
+}
+
+impl CachedRoom {
+    /// Whether the copy still shows the room as it is at `now` (no deadline has passed).
+    pub fn current_at(&self, now: chrono::NaiveDateTime) -> bool {
+        self.deadline.is_none_or(|d| d > now)
+    }
 }
 
 #[derive(Clone, Default)]

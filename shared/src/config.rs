@@ -41,6 +41,11 @@ pub struct Config {
     pub token_ttl: Duration,
     pub max_participants_limit: i64,
     pub max_call: Option<Duration>,
+    /// How long one participant may stay alone in a running call, by default.
+    pub solo_timeout: Option<Duration>,
+    /// The sweeper function keeps sweeping, once a second, for this long per invocation
+    /// (EventBridge invokes it once a minute); None: one sweep per invocation.
+    pub sweep_loop: Option<Duration>,
     pub rate_limits: RateLimits,
     pub secrets_arn: Option<String>,
 }
@@ -55,6 +60,9 @@ impl std::fmt::Debug for Config {
             .field("ring_timeout", &self.ring_timeout)
             .field("token_ttl", &self.token_ttl)
             .field("max_participants_limit", &self.max_participants_limit)
+            .field("max_call", &self.max_call)
+            .field("solo_timeout", &self.solo_timeout)
+            .field("sweep_loop", &self.sweep_loop)
             .field("rate_limits", &self.rate_limits)
             .finish_non_exhaustive()
     }
@@ -137,6 +145,14 @@ impl Config {
             });
         }
         let max_call = number("MAX_CALL_SECONDS", 0)?;
+        let solo_timeout = number("SOLO_TIMEOUT_SECONDS", 0)?;
+        let sweep_loop = number("SWEEP_LOOP_SECONDS", 0)?;
+        if sweep_loop > 840 {
+            return Err(ConfigError::Malformed {
+                name: "SWEEP_LOOP_SECONDS",
+                reason: "must be at most 840 (a Lambda runs 15 minutes at most)".into(),
+            });
+        }
 
         Ok(Config {
             local,
@@ -163,6 +179,8 @@ impl Config {
             token_ttl: Duration::from_secs(token_ttl),
             max_participants_limit: max_participants_limit as i64,
             max_call: (max_call > 0).then(|| Duration::from_secs(max_call)),
+            solo_timeout: (solo_timeout > 0).then(|| Duration::from_secs(solo_timeout)),
+            sweep_loop: (sweep_loop > 0).then(|| Duration::from_secs(sweep_loop)),
             rate_limits: RateLimits {
                 create_per_min: rate("RATE_LIMIT_CREATE_PER_MIN", 30)?,
                 join_per_min: rate("RATE_LIMIT_JOIN_PER_MIN", 120)?,
@@ -170,6 +188,19 @@ impl Config {
             },
             secrets_arn: get("SECRETS_ARN"),
         })
+    }
+}
+
+impl Config {
+    /// A new call's timeouts when create does not name them.
+    pub fn default_limits(&self) -> crate::model::CallLimits {
+        let secs =
+            |d: Option<Duration>| d.map_or(0, |d| i32::try_from(d.as_secs()).unwrap_or(i32::MAX));
+        crate::model::CallLimits {
+            ring_timeout_seconds: secs(Some(self.ring_timeout)),
+            max_duration_seconds: secs(self.max_call),
+            solo_timeout_seconds: secs(self.solo_timeout),
+        }
     }
 }
 

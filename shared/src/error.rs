@@ -28,6 +28,8 @@ pub enum ApiError {
     RoomFull,
     #[error("participant not invited")]
     ParticipantNotInvited,
+    #[error("participant was removed from the call")]
+    ParticipantRemoved,
     #[error("participant not found")]
     ParticipantNotFound,
     #[error("invalid transition from {from} to {to}")]
@@ -51,7 +53,9 @@ impl ApiError {
         match self {
             ApiError::InvalidParameters(_) => 400,
             ApiError::Unauthorized => 401,
-            ApiError::Forbidden | ApiError::ParticipantNotInvited => 403,
+            ApiError::Forbidden
+            | ApiError::ParticipantNotInvited
+            | ApiError::ParticipantRemoved => 403,
             ApiError::RoomNotFound | ApiError::ParticipantNotFound => 404,
             ApiError::RoomAlreadyExists
             | ApiError::ChannelHasActiveRoom { .. }
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::RoomNotActive => "room_not_active",
             ApiError::RoomFull => "room_full",
             ApiError::ParticipantNotInvited => "participant_not_invited",
+            ApiError::ParticipantRemoved => "participant_removed",
             ApiError::ParticipantNotFound => "participant_not_found",
             ApiError::InvalidTransition { .. } => "invalid_transition",
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -122,6 +127,10 @@ impl ApiError {
             ApiError::ParticipantNotInvited => (
                 "未被邀请加入该房间",
                 "Participant was not invited to this room",
+            ),
+            ApiError::ParticipantRemoved => (
+                "已被移出该通话，不能再加入",
+                "Participant was removed from this call and cannot join it again",
             ),
             ApiError::ParticipantNotFound => ("参与者不存在", "Participant not found"),
             ApiError::InvalidTransition { .. } => (

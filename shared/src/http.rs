@@ -47,6 +47,9 @@ pub mod msg {
     pub const PARTICIPANT_STATUS_UPDATED: Pair =
         ("更新参与者状态成功", "Participant status updated");
     pub const WEBHOOK_HANDLED: Pair = ("事件已处理", "Event handled");
+    pub const PARTICIPANT_REMOVED: Pair = ("移出参与者成功", "Participant removed");
+    pub const RINGING_LISTED: Pair = ("获取来电成功", "Ringing calls listed");
+    pub const CALLS_LISTED: Pair = ("获取通话记录成功", "Call history listed");
 }
 
 pub fn ok(msg: msg::Pair, data: impl Serialize) -> Result<Success, ApiError> {

@@ -89,6 +89,20 @@ impl LiveKit {
         }
     }
 
+    /// Takes `uid` out of the LiveKit room (its connection closes). Ok(false) without a
+    /// server; a participant LiveKit does not know is already out: Ok(true).
+    pub async fn remove_participant(&self, room_name: &str, uid: &str) -> Result<bool, String> {
+        let Some(rooms) = &self.rooms else {
+            return Ok(false);
+        };
+        match tokio::time::timeout(SERVER_TIMEOUT, rooms.remove_participant(room_name, uid)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) if e.to_string().contains("not_found") => Ok(true),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("RemoveParticipant timed out".to_owned()),
+        }
+    }
+
     /// Which of `names` LiveKit still has; None without a server.
     pub async fn existing_rooms(
         &self,

@@ -4,10 +4,11 @@ use chrono::{NaiveDateTime, SubsecRound, Utc};
 use serde::{Serialize, Serializer};
 
 /// Room status (房间状态).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(i16)]
 pub enum RoomStatus {
     /// 未开始
+    #[default]
     NotStarted = 0,
     /// 进行中
     InProgress = 1,
@@ -18,10 +19,11 @@ pub enum RoomStatus {
 }
 
 /// Participant status (参与者状态).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(i16)]
 pub enum ParticipantStatus {
     /// 邀请中
+    #[default]
     Ringing = 0,
     /// 已加入
     Joined = 1,
@@ -116,10 +118,138 @@ impl<'de> serde::Deserialize<'de> for ParticipantStatus {
     }
 }
 
+/// Why a room ended; None while it is open. A closed list: clients may branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// It ran, and ended when the last but one participant left (or everyone did).
+    Completed,
+    /// The creator hung up or cancelled before anyone answered.
+    Cancelled,
+    /// Nobody answered: the (last) invitee rejected.
+    Declined,
+    /// Nobody answered: the invites rang out.
+    Missed,
+    /// Nobody answered: the invitees were in other calls.
+    Busy,
+    /// It reached its `max_duration_seconds`.
+    MaxDuration,
+    /// One participant was alone in it for `solo_timeout_seconds`.
+    SoloTimeout,
+    /// The end endpoint or the room status PUT ended it.
+    EndedByApi,
+    /// LiveKit closed the room (room_finished), or no longer had it.
+    GoneFromLivekit,
+}
+
+/// Why a participant row is in its status; None while it rings or is joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Rejected the invite (2).
+    Declined,
+    /// Was in another call when rung (5).
+    Busy,
+    /// Rang out (4).
+    Timeout,
+    /// The creator cancelled the invite, or the call was cancelled while it rang (6).
+    Cancelled,
+    /// Left the call (3).
+    HungUp,
+    /// Taken out of the call by its creator or a service (3).
+    Removed,
+    /// Joined another call while ringing or talking here (5 or 3).
+    AnsweredElsewhere,
+    /// The call ended around it: joined rows hang up (3), ringing ones stop (4).
+    CallEnded,
+    /// The creator's row of a call nobody answered (3).
+    NoAnswer,
+}
+
+macro_rules! text_codes {
+    ($ty:ty { $($variant:ident = $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &[$ty] = &[$(<$ty>::$variant),+];
+
+            /// The text stored in the database and sent in JSON.
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $text),+ }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($text => Some(<$ty>::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
+text_codes!(EndReason {
+    Completed = "completed",
+    Cancelled = "cancelled",
+    Declined = "declined",
+    Missed = "missed",
+    Busy = "busy",
+    MaxDuration = "max_duration",
+    SoloTimeout = "solo_timeout",
+    EndedByApi = "ended_by_api",
+    GoneFromLivekit = "gone_from_livekit",
+});
+
+text_codes!(Reason {
+    Declined = "declined",
+    Busy = "busy",
+    Timeout = "timeout",
+    Cancelled = "cancelled",
+    HungUp = "hung_up",
+    Removed = "removed",
+    AnsweredElsewhere = "answered_elsewhere",
+    CallEnded = "call_ended",
+    NoAnswer = "no_answer",
+});
+
+/// A call's timeouts, in seconds (0: none for the last two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallLimits {
+    pub ring_timeout_seconds: i32,
+    pub max_duration_seconds: i32,
+    pub solo_timeout_seconds: i32,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            ring_timeout_seconds: 60,
+            max_duration_seconds: 0,
+            solo_timeout_seconds: 0,
+        }
+    }
+}
+
+/// How a list is paged: limit with an offset (the seed's), or with a keyset cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+    /// Rows with an id below this one (the previous page's last), newest first.
+    pub before_id: Option<i64>,
+}
+
+/// A keyset cursor: the last id of a page, opaque to clients.
+pub fn cursor_of(id: i64) -> String {
+    format!("i{id}")
+}
+
+pub fn parse_cursor(text: &str) -> Option<i64> {
+    text.strip_prefix('i')?
+        .parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+}
+
 /// Call type: voice rooms only let people publish their microphone.
 pub const CALL_TYPE_VOICE: i16 = 0;
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
 pub struct Room {
     pub id: i64,
     pub source_channel_id: String,
@@ -134,6 +264,25 @@ pub struct Room {
     pub created_at: NaiveDateTime,
     #[serde(with = "rfc3339")]
     pub updated_at: NaiveDateTime,
+    /// How long an invite rings, in seconds.
+    pub ring_timeout_seconds: i32,
+    /// The longest the call may run; 0: no limit.
+    pub max_duration_seconds: i32,
+    /// How long one participant may stay alone in a running call; 0: no limit.
+    pub solo_timeout_seconds: i32,
+    pub end_reason: Option<EndReason>,
+    #[serde(with = "rfc3339_option")]
+    pub started_at: Option<NaiveDateTime>,
+    #[serde(with = "rfc3339_option")]
+    pub ended_at: Option<NaiveDateTime>,
+    /// From started_at to ended_at; 0 until the room ends (and for a call that never ran).
+    pub duration_seconds: i64,
+    /// Since when exactly one row is joined in the running call (the solo timeout's start).
+    #[serde(skip)]
+    pub solo_since: Option<NaiveDateTime>,
+    /// The earliest instant a timeout rule applies to this room; None when none can.
+    #[serde(skip)]
+    pub deadline: Option<NaiveDateTime>,
 }
 
 impl Room {
@@ -146,7 +295,7 @@ impl Room {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
 pub struct Participant {
     pub id: i64,
     pub room_name: String,
@@ -160,6 +309,17 @@ pub struct Participant {
     pub created_at: NaiveDateTime,
     #[serde(with = "rfc3339")]
     pub updated_at: NaiveDateTime,
+    pub reason: Option<Reason>,
+    /// When it last started ringing.
+    #[serde(with = "rfc3339_option")]
+    pub invited_at: Option<NaiveDateTime>,
+    /// While it rings: the instant it rings out.
+    #[serde(with = "rfc3339_option")]
+    pub ring_deadline: Option<NaiveDateTime>,
+    /// Seconds it rang, summed over every ring.
+    pub ring_seconds: i64,
+    /// Seconds it was joined, summed over every join.
+    pub talk_seconds: i64,
 }
 
 /// A verified LiveKit webhook event, reduced to what the lifecycle needs.
@@ -223,9 +383,47 @@ pub mod rfc3339 {
     }
 }
 
+/// An optional timestamp as `rfc3339` writes one, or null.
+pub mod rfc3339_option {
+    use chrono::NaiveDateTime;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &Option<NaiveDateTime>, s: S) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => super::rfc3339::serialize(at, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NaiveDateTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| {
+                chrono::DateTime::parse_from_rfc3339(&text)
+                    .map(|t| t.naive_utc())
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_their_snake_case_text_in_json_and_in_the_database() {
+        for reason in EndReason::ALL {
+            let json = serde_json::to_value(reason).expect("serializes");
+            assert_eq!(json, reason.as_str());
+            assert_eq!(EndReason::parse(reason.as_str()), Some(*reason));
+        }
+        for reason in Reason::ALL {
+            let json = serde_json::to_value(reason).expect("serializes");
+            assert_eq!(json, reason.as_str());
+            assert_eq!(Reason::parse(reason.as_str()), Some(*reason));
+        }
+        assert_eq!(Reason::parse("nonsense"), None);
+    }
 
     #[test]
     fn timestamps_serialize_as_the_seed_shows_them() {
@@ -242,8 +440,11 @@ mod tests {
             status: RoomStatus::NotStarted,
             created_at: now.at,
             updated_at: now.at,
+            ..Room::default()
         };
         let json = serde_json::to_value(&room).expect("serializes");
+        assert_eq!(json["started_at"], serde_json::Value::Null);
+        assert_eq!(json["duration_seconds"], 0);
         assert_eq!(json["created_at"], "2024-01-15T10:30:00Z");
         assert_eq!(json["status"], 0);
         let back: Room = serde_json::from_value(json).expect("round trips");

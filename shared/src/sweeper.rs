@@ -1,5 +1,9 @@
-//! The ring-timeout sweeper, run every minute: bounded work per run, oldest first, each room
-//! changed under the same lock and rules as a request, so two overlapping runs are harmless.
+//! The sweeper (the ring-timeout function): writes down every deadline that has passed (ring
+//! outs, rooms nobody can answer, solo and longest-call timeouts), ends calls LiveKit no longer
+//! has, retries LiveKit teardowns and removals, purges old webhook ids. Bounded work per run,
+//! oldest first, each room changed under the same lock and rules as a request, so two
+//! overlapping runs are harmless. Reads and actions already see a passed deadline the second
+//! it passes; the sweep makes it durable (and, later, tells the app backend).
 
 use std::time::Duration;
 
@@ -7,26 +11,73 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::model::{Now, RoomStatus};
-use crate::rules;
+use crate::model::Now;
 
 /// Rooms handled per step and run.
 pub const BATCH: i64 = 100;
 /// How long a call may sit at 1 before its absence from LiveKit counts as lost webhooks.
 pub const RECONCILE_GRACE: Duration = Duration::from_secs(120);
-/// DeleteRoom attempts before a teardown is given up.
+/// LiveKit calls (DeleteRoom, RemoveParticipant) attempted before they are given up.
 pub const MAX_TEARDOWN_ATTEMPTS: i32 = 10;
 pub const WEBHOOK_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
 pub struct SweepReport {
-    pub rang_out: usize,
-    pub closed_unanswerable: usize,
-    pub ended_too_long: usize,
+    /// Rooms whose passed deadlines were written down.
+    pub deadlines_applied: usize,
+    /// Of those, rooms that became final.
+    pub rooms_closed: usize,
     pub ended_vanished: usize,
     pub teardowns_done: usize,
     pub teardowns_failed: usize,
+    pub removals_done: usize,
+    pub removals_failed: usize,
     pub webhook_ids_purged: u64,
+    /// Sweeps run (more than one when the sweeper loops) and those that failed.
+    pub sweeps: usize,
+    pub failed_sweeps: usize,
+}
+
+impl SweepReport {
+    fn add(&mut self, other: &SweepReport) {
+        self.deadlines_applied += other.deadlines_applied;
+        self.rooms_closed += other.rooms_closed;
+        self.ended_vanished += other.ended_vanished;
+        self.teardowns_done += other.teardowns_done;
+        self.teardowns_failed += other.teardowns_failed;
+        self.removals_done += other.removals_done;
+        self.removals_failed += other.removals_failed;
+        self.webhook_ids_purged += other.webhook_ids_purged;
+    }
+}
+
+/// One invocation of the sweeper: a sweep, then (with SWEEP_LOOP_SECONDS) another at the top
+/// of every following second until that long has passed. A failed sweep (the database away)
+/// is logged and the next second tries again.
+pub async fn run(app: &App) -> SweepReport {
+    let started = std::time::Instant::now();
+    let mut total = SweepReport::default();
+    loop {
+        total.sweeps += 1;
+        match sweep(app, Now::current()).await {
+            Ok(report) => total.add(&report),
+            Err(err) => {
+                total.failed_sweeps += 1;
+                tracing::warn!(error = %err, "sweep failed; trying again");
+            }
+        }
+        let Some(span) = app.config.sweep_loop else {
+            break;
+        };
+        let elapsed = started.elapsed();
+        // The next whole second of the loop; stop when it would end past the span.
+        let next = Duration::from_secs(elapsed.as_secs() + 1);
+        if next >= span {
+            break;
+        }
+        tokio::time::sleep(next - elapsed).await;
+    }
+    total
 }
 
 fn before(now: Now, span: Duration) -> Now {
@@ -36,49 +87,19 @@ fn before(now: Now, span: Duration) -> Now {
 
 pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
     let mut report = SweepReport::default();
-    let ring_cutoff = before(now, app.config.ring_timeout);
 
-    for room in app.store.rooms_ringing_since(ring_cutoff, BATCH).await? {
-        let result = app
-            .store
-            .sweep_room(&room, |s| rules::ring_out(s, ring_cutoff.at, now))
-            .await?;
-        report.rang_out += usize::from(result.changed);
+    for room in app.store.rooms_due(now, BATCH).await? {
+        let result = app.store.apply_due(&room, now).await?;
+        report.deadlines_applied += usize::from(result.changed);
+        report.rooms_closed += usize::from(result.finalised);
         app.after_change(&room, result.changed, result.finalised)
             .await;
-    }
-
-    let idle = app
-        .store
-        .idle_rooms(RoomStatus::NotStarted, ring_cutoff, BATCH)
-        .await?;
-    for room in idle {
-        let result = app
-            .store
-            .sweep_room(&room, |s| rules::ring_out(s, ring_cutoff.at, now))
-            .await?;
-        report.closed_unanswerable += usize::from(result.finalised);
-        app.after_change(&room, result.changed, result.finalised)
-            .await;
-    }
-
-    if let Some(max_call) = app.config.max_call {
-        for room in app
-            .store
-            .calls_started_before(before(now, max_call), BATCH)
-            .await?
-        {
-            let result = app.store.sweep_room(&room, |s| rules::end(s, now)).await?;
-            report.ended_too_long += usize::from(result.finalised);
-            app.after_change(&room, result.changed, result.finalised)
-                .await;
-        }
     }
 
     if app.livekit.has_server() {
         let running = app
             .store
-            .idle_rooms(RoomStatus::InProgress, before(now, RECONCILE_GRACE), BATCH)
+            .quiet_running_rooms(before(now, RECONCILE_GRACE), BATCH)
             .await?;
         if !running.is_empty() {
             match app.livekit.existing_rooms(running.clone()).await {
@@ -111,6 +132,25 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
                     tracing::warn!(room_name = %room, error, "livekit DeleteRoom failed again");
                     app.store.teardown_failed(&room).await?;
                     report.teardowns_failed += 1;
+                }
+            }
+        }
+        for (room, uid, attempts) in app.store.pending_removals(BATCH).await? {
+            if attempts >= MAX_TEARDOWN_ATTEMPTS {
+                tracing::error!(room_name = %room, uid, attempts, "giving up LiveKit RemoveParticipant");
+                app.store.removal_done(&room, &uid).await?;
+                report.removals_failed += 1;
+                continue;
+            }
+            match app.livekit.remove_participant(&room, &uid).await {
+                Ok(_) => {
+                    app.store.removal_done(&room, &uid).await?;
+                    report.removals_done += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(room_name = %room, uid, error, "livekit RemoveParticipant failed again");
+                    app.store.removal_failed(&room, &uid).await?;
+                    report.removals_failed += 1;
                 }
             }
         }

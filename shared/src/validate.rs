@@ -68,13 +68,31 @@ pub fn max_participants(value: Option<i64>, limit: i64) -> Result<i32, ApiError>
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    pub limit: i64,
-    pub offset: i64,
+pub use crate::model::Page;
+
+/// A call's limits on create, in seconds.
+pub const RING_TIMEOUT_RANGE: (i64, i64) = (5, 180);
+pub const MAX_DURATION_RANGE: (i64, i64) = (60, 86_400);
+pub const SOLO_TIMEOUT_RANGE: (i64, i64) = (10, 3_600);
+
+/// An optional number of seconds within `range`; None when absent.
+pub fn optional_seconds(
+    field: &str,
+    value: Option<i64>,
+    (min, max): (i64, i64),
+) -> Result<Option<i32>, ApiError> {
+    value
+        .map(|v| in_range(field, v, min, max).map(|v| v as i32))
+        .transpose()
 }
 
-pub fn page(limit: Option<&str>, offset: Option<&str>) -> Result<Page, ApiError> {
+/// limit (1–100, default 10) with either an offset (the seed's paging) or a cursor from a
+/// previous page's `next_cursor` (deep pages without counting past the skipped rows).
+pub fn page(
+    limit: Option<&str>,
+    offset: Option<&str>,
+    cursor: Option<&str>,
+) -> Result<Page, ApiError> {
     let limit = match limit {
         None => LIMIT_DEFAULT,
         Some(text) => in_range("limit", integer("limit", text)?, 1, LIMIT_MAX)?,
@@ -83,7 +101,20 @@ pub fn page(limit: Option<&str>, offset: Option<&str>) -> Result<Page, ApiError>
         None => 0,
         Some(text) => in_range("offset", integer("offset", text)?, 0, i64::from(i32::MAX))?,
     };
-    Ok(Page { limit, offset })
+    let before_id = cursor
+        .map(|text| {
+            crate::model::parse_cursor(text)
+                .ok_or_else(|| ApiError::invalid("cursor is not one this service gave out"))
+        })
+        .transpose()?;
+    if before_id.is_some() && offset > 0 {
+        return Err(ApiError::invalid("use either offset or cursor, not both"));
+    }
+    Ok(Page {
+        limit,
+        offset,
+        before_id,
+    })
 }
 
 pub fn integer(field: &str, text: &str) -> Result<i64, ApiError> {
@@ -115,25 +146,34 @@ mod tests {
 
     #[test]
     fn pages_default_and_reject_out_of_range_values() {
+        let plain = |limit, offset| Page {
+            limit,
+            offset,
+            before_id: None,
+        };
+        assert_eq!(page(None, None, None), Ok(plain(10, 0)));
+        assert_eq!(page(Some("100"), Some("5"), None), Ok(plain(100, 5)));
+        assert!(page(Some("-1"), None, None).is_err());
+        assert!(page(Some("0"), None, None).is_err());
+        assert!(page(Some("101"), None, None).is_err());
+        assert!(page(None, Some("-3"), None).is_err());
+        assert!(page(Some("ten"), None, None).is_err());
+    }
+
+    #[test]
+    fn a_cursor_continues_a_page_and_excludes_an_offset() {
+        let cursor = crate::model::cursor_of(42);
         assert_eq!(
-            page(None, None),
+            page(Some("5"), None, Some(&cursor)),
             Ok(Page {
-                limit: 10,
-                offset: 0
+                limit: 5,
+                offset: 0,
+                before_id: Some(42)
             })
         );
-        assert_eq!(
-            page(Some("100"), Some("5")),
-            Ok(Page {
-                limit: 100,
-                offset: 5
-            })
-        );
-        assert!(page(Some("-1"), None).is_err());
-        assert!(page(Some("0"), None).is_err());
-        assert!(page(Some("101"), None).is_err());
-        assert!(page(None, Some("-3")).is_err());
-        assert!(page(Some("ten"), None).is_err());
+        assert!(page(None, Some("10"), Some(&cursor)).is_err());
+        assert!(page(None, None, Some("42")).is_err(), "not one we gave out");
+        assert!(page(None, None, Some("i-1")).is_err());
     }
 
     #[test]

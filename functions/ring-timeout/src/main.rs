@@ -1,12 +1,13 @@
-//! The sweeper, on an EventBridge schedule (every minute). Run as a command outside Lambda it
-//! sweeps once and prints its report: `cargo run -p ring-timeout`.
+//! The sweeper, on an EventBridge schedule (every minute; with SWEEP_LOOP_SECONDS it keeps
+//! sweeping once a second for that long). Run as a command outside Lambda it sweeps once and
+//! prints its report: `cargo run -p ring-timeout`.
 
-use call_shared::{App, model::Now, sweeper, telemetry};
+use call_shared::{App, sweeper, telemetry};
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use serde_json::Value;
 
 async fn sweep(app: &App) -> Result<Value, Error> {
-    let report = sweeper::sweep(app, Now::current()).await?;
+    let report = sweeper::run(app).await;
     Ok(serde_json::to_value(report)?)
 }
 

@@ -4,13 +4,16 @@
 mod health;
 mod participants;
 mod rooms;
+mod users;
 mod webhook;
 
 pub use health::health;
 pub use participants::{
-    invite_participants, join_room, leave_room, list_participants, update_participant_status,
+    invite_participants, join_room, leave_room, list_participants, remove_participant,
+    update_participant_status,
 };
 pub use rooms::{create_room, end_room, get_room, list_rooms, update_room_status};
+pub use users::{user_calls, user_ringing};
 pub use webhook::livekit_webhook;
 
 /// Route patterns, as API Gateway and the local router know them.
@@ -22,5 +25,8 @@ pub mod routes {
     pub const ROOM_PARTICIPANTS: &str = "/api/rooms/{room_name}/participants";
     pub const ROOM_INVITE: &str = "/api/rooms/{room_name}/invite";
     pub const PARTICIPANT_STATUS: &str = "/api/rooms/{room_name}/participants/{uid}/status";
+    pub const PARTICIPANT_REMOVE: &str = "/api/rooms/{room_name}/participants/{uid}/remove";
+    pub const USER_RINGING: &str = "/api/users/{uid}/ringing";
+    pub const USER_CALLS: &str = "/api/users/{uid}/calls";
     pub const LIVEKIT_WEBHOOK: &str = "/api/webhooks/livekit";
 }

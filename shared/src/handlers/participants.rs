@@ -116,7 +116,7 @@ pub async fn list_participants(app: &App, req: Request) -> Result<Response<Body>
         note(&room_name, caller.uid());
         let state = app
             .store
-            .load(&room_name)
+            .load(&room_name, Now::current())
             .await?
             .ok_or(ApiError::RoomNotFound)?;
         let members: Vec<String> = state.rows.iter().map(|p| p.uid.clone()).collect();
@@ -172,6 +172,31 @@ pub async fn update_participant_status(app: &App, req: Request) -> Result<Respon
         app.after_change(&room_name, result.changed, result.finalised)
             .await;
         ok(msg::PARTICIPANT_STATUS_UPDATED, result.participant)
+    })
+    .await
+}
+
+/// POST /api/rooms/{room_name}/participants/{uid}/remove: the creator or a service takes
+/// someone out of the call (3, `removed`); LiveKit is asked to disconnect them after the
+/// commit, and they cannot join this room again through the API.
+pub async fn remove_participant(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("remove-participant", &req, async {
+        let caller = app.caller(&req)?;
+        let room_name = path_param(&req, routes::PARTICIPANT_REMOVE, "room_name")?;
+        let uid = path_param(&req, routes::PARTICIPANT_REMOVE, "uid")?;
+        note(&room_name, Some(&uid));
+        let result = app
+            .store
+            .participant_action(&room_name, &uid, Action::Remove, Now::current(), |state| {
+                caller.may_manage(&state.room.creator)
+            })
+            .await?;
+        app.after_change(&room_name, result.changed, result.finalised)
+            .await;
+        if result.changed {
+            app.remove_from_livekit(&room_name, &uid).await;
+        }
+        ok(msg::PARTICIPANT_REMOVED, result.participant)
     })
     .await
 }

@@ -6,7 +6,7 @@ use crate::cache::CachedRoom;
 use crate::error::ApiError;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, parse_json, path_param, query_param, respond};
-use crate::model::{Now, Room, RoomStatus};
+use crate::model::{CallLimits, Now, RoomStatus};
 use crate::rules;
 use crate::store::{NewRoom, RoomFilter};
 use crate::validate;
@@ -28,6 +28,12 @@ struct CreateRoom {
     max_participants: Option<i64>,
     #[serde(default)]
     uids: Option<Vec<String>>,
+    #[serde(default)]
+    ring_timeout_seconds: Option<i64>,
+    #[serde(default)]
+    max_duration_seconds: Option<i64>,
+    #[serde(default)]
+    solo_timeout_seconds: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,18 +46,15 @@ struct Created<'a> {
     #[serde(with = "crate::model::rfc3339")]
     created_at: chrono::NaiveDateTime,
     max_participants: i32,
+    ring_timeout_seconds: i32,
+    max_duration_seconds: i32,
+    solo_timeout_seconds: i32,
     participants: &'a [crate::model::Participant],
 }
 
 #[derive(Debug, Deserialize)]
 struct StatusBody {
     status: i64,
-}
-
-#[derive(Debug, Serialize)]
-struct RoomList {
-    rooms: Vec<Room>,
-    total: i64,
 }
 
 /// POST /api/rooms
@@ -85,6 +88,9 @@ pub async fn create_room(app: &App, req: Request) -> Result<Response<Body>, Erro
                 status: state.room.status,
                 created_at: state.room.created_at,
                 max_participants: state.room.max_participants,
+                ring_timeout_seconds: state.room.ring_timeout_seconds,
+                max_duration_seconds: state.room.max_duration_seconds,
+                solo_timeout_seconds: state.room.solo_timeout_seconds,
                 participants: &state.rows,
             },
         )
@@ -113,6 +119,27 @@ fn new_room(app: &App, body: &CreateRoom) -> Result<NewRoom, ApiError> {
     let invite_on = validate::in_range("invite_on", body.invite_on.unwrap_or(0), 0, 1)?;
     let max_participants =
         validate::max_participants(body.max_participants, app.config.max_participants_limit)?;
+    let defaults = app.config.default_limits();
+    let limits = CallLimits {
+        ring_timeout_seconds: validate::optional_seconds(
+            "ring_timeout_seconds",
+            body.ring_timeout_seconds,
+            validate::RING_TIMEOUT_RANGE,
+        )?
+        .unwrap_or(defaults.ring_timeout_seconds),
+        max_duration_seconds: validate::optional_seconds(
+            "max_duration_seconds",
+            body.max_duration_seconds,
+            validate::MAX_DURATION_RANGE,
+        )?
+        .unwrap_or(defaults.max_duration_seconds),
+        solo_timeout_seconds: validate::optional_seconds(
+            "solo_timeout_seconds",
+            body.solo_timeout_seconds,
+            validate::SOLO_TIMEOUT_RANGE,
+        )?
+        .unwrap_or(defaults.solo_timeout_seconds),
+    };
     Ok(NewRoom {
         source_channel_id,
         source_channel_type: source_channel_type as i16,
@@ -121,6 +148,7 @@ fn new_room(app: &App, body: &CreateRoom) -> Result<NewRoom, ApiError> {
         call_type: call_type as i16,
         invite_on: invite_on as i16,
         max_participants,
+        limits,
     })
 }
 
@@ -134,23 +162,26 @@ fn generated_room_name() -> Result<String, ApiError> {
     }))
 }
 
-/// GET /api/rooms/{room_name}: from the cache when it has the room, else one query.
+/// GET /api/rooms/{room_name}: from the cache when it has the room as it is now, else one
+/// query (a passed deadline is applied by the rules either way).
 pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("get-room", &req, async {
         let caller = app.caller(&req)?;
         let room_name = path_param(&req, routes::ROOM, "room_name")?;
         note(&room_name, caller.uid());
+        let now = Now::current();
         let lookup = app.cache.get_room(&room_name).await;
-        let cached = match lookup.room {
+        let cached = match lookup.room.filter(|c| c.current_at(now.at)) {
             Some(cached) => cached,
             None => {
                 let state = app
                     .store
-                    .load(&room_name)
+                    .load(&room_name, now)
                     .await?
                     .ok_or(ApiError::RoomNotFound)?;
                 let cached = CachedRoom {
                     members: state.rows.iter().map(|p| p.uid.clone()).collect(),
+                    deadline: state.room.deadline,
                     room: state.room,
                 };
                 app.cache.put_room(&cached, lookup.generation).await;
@@ -163,13 +194,14 @@ pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
     .await
 }
 
-/// GET /api/rooms?limit=&offset=&status=&creator=&uid=&source_channel_id=
+/// GET /api/rooms?limit=&offset=&cursor=&status=&creator=&uid=&source_channel_id=
 pub async fn list_rooms(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("list-rooms", &req, async {
         let caller = app.caller(&req)?;
         let page = validate::page(
             query_param(&req, "limit").as_deref(),
             query_param(&req, "offset").as_deref(),
+            query_param(&req, "cursor").as_deref(),
         )?;
         let mut filter = RoomFilter {
             status: match query_param(&req, "status") {
@@ -190,11 +222,8 @@ pub async fn list_rooms(app: &App, req: Request) -> Result<Response<Body>, Error
         if let Some(me) = caller.uid() {
             filter.uid = Some(me.to_owned());
         }
-        let (rooms, total) = app
-            .store
-            .list_rooms(&filter, page.limit, page.offset)
-            .await?;
-        ok(msg::ROOMS_LISTED, RoomList { rooms, total })
+        let listed = app.store.list_rooms(&filter, page, Now::current()).await?;
+        ok(msg::ROOMS_LISTED, listed)
     })
     .await
 }

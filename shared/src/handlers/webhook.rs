@@ -45,6 +45,10 @@ pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, 
                 app.tear_down(&event.room_name).await;
                 "deleted_again"
             }
+            WebhookOutcome::RemoveAgain { uid } => {
+                app.remove_from_livekit(&event.room_name, uid).await;
+                "removed_again"
+            }
             WebhookOutcome::Ignored => "ignored",
             WebhookOutcome::Duplicate => "duplicate",
         };

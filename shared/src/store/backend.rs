@@ -14,6 +14,14 @@ mod mysql {
     }
     pub(crate) use for_update;
 
+    /// A uid's live row (ringing or joined), through the unique index on `live_uid`.
+    macro_rules! live_row_of {
+        () => {
+            "p.live_uid = ?"
+        };
+    }
+    pub(crate) use live_row_of;
+
     /// InnoDB takes row locks as the transaction reads them (FOR UPDATE).
     pub const BEGIN: &str = "BEGIN";
 
@@ -33,6 +41,8 @@ mod mysql {
 
     pub const INSERT_TEARDOWN: &str =
         "INSERT IGNORE INTO livekit_teardown (room_name, attempts, created_at) VALUES (?, 0, ?)";
+    pub const INSERT_REMOVAL: &str = "INSERT IGNORE INTO livekit_removal \
+         (room_name, uid, attempts, created_at) VALUES (?, ?, 0, ?)";
 
     pub fn last_insert_id(result: &sqlx::mysql::MySqlQueryResult) -> i64 {
         result.last_insert_id() as i64
@@ -70,6 +80,14 @@ mod sqlite {
     }
     pub(crate) use for_update;
 
+    /// A uid's live row (ringing or joined), through the partial unique index on uid.
+    macro_rules! live_row_of {
+        () => {
+            "p.uid = ? AND p.status IN (0, 1)"
+        };
+    }
+    pub(crate) use live_row_of;
+
     /// Take the write lock at BEGIN: a deferred transaction that reads first and writes later
     /// fails at once with SQLITE_BUSY(_SNAPSHOT) when another writer got in between, whereas
     /// an immediate one waits its turn under the busy timeout.
@@ -98,6 +116,8 @@ mod sqlite {
 
     pub const INSERT_TEARDOWN: &str =
         "INSERT OR IGNORE INTO livekit_teardown (room_name, attempts, created_at) VALUES (?, 0, ?)";
+    pub const INSERT_REMOVAL: &str = "INSERT OR IGNORE INTO livekit_removal \
+         (room_name, uid, attempts, created_at) VALUES (?, ?, 0, ?)";
 
     pub fn last_insert_id(result: &sqlx::sqlite::SqliteQueryResult) -> i64 {
         result.last_insert_rowid()

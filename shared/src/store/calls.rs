@@ -14,9 +14,10 @@ impl Store {
     ) -> Result<CallState, ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
-                let created =
-                    in_transaction(conn, async |tx| insert_call(tx, new, invitees, now).await)
-                        .await;
+                let created = in_transaction(conn, async |tx| {
+                    insert_call(tx, new, invitees, now, self.teardown).await
+                })
+                .await;
                 match created {
                     // Name the open room, now that the refused transaction is over.
                     Err(TxError::Api(ApiError::ChannelHasActiveRoom { .. })) => {
@@ -54,6 +55,7 @@ impl Store {
             },
             live_conflict: Some(uid),
             teardown: true,
+            now,
         };
         let (state, applied, finalised) = self
             .change_call(change, |state, busy| {
@@ -66,8 +68,8 @@ impl Store {
             .await?;
         Ok(ActionResult {
             participant: state.rows[applied.row].clone(),
+            changed: applied.changed || state.is_changed(),
             room: state.room,
-            changed: applied.changed,
             finalised,
         })
     }
@@ -85,6 +87,7 @@ impl Store {
             check_busy: uids,
             live_conflict: None,
             teardown: true,
+            now,
         };
         let (state, concerned, finalised) = self
             .change_call(change, |state, busy| {
@@ -102,9 +105,9 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<RoomResult, ApiError> {
-        self.room_change(room_name, |state| {
+        self.room_change(room_name, now, |state| {
             guard(state)?;
-            Ok(rules::end(state, now))
+            Ok(rules::end(state, EndReason::EndedByApi, now))
         })
         .await
     }
@@ -116,7 +119,7 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<RoomResult, ApiError> {
-        self.room_change(room_name, |state| {
+        self.room_change(room_name, now, |state| {
             guard(state)?;
             rules::set_room_status(state, status, now)
         })
@@ -126,6 +129,7 @@ impl Store {
     pub(super) async fn room_change(
         &self,
         room_name: &str,
+        now: Now,
         change: impl Fn(&mut CallState) -> Result<bool, ApiError>,
     ) -> Result<RoomResult, ApiError> {
         let spec = Change {
@@ -133,11 +137,12 @@ impl Store {
             check_busy: &[],
             live_conflict: None,
             teardown: true,
+            now,
         };
         let (state, changed, finalised) = self.change_call(spec, |state, _| change(state)).await?;
         Ok(RoomResult {
+            changed: changed || state.is_changed(),
             room: state.room,
-            changed,
             finalised,
         })
     }
@@ -153,31 +158,65 @@ impl Store {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
                 in_transaction(conn, async |tx| {
-                    let mut state = lock_call(tx, spec.room_name)
+                    let mut state = lock_call(tx, spec.room_name, spec.now)
                         .await?
                         .ok_or(ApiError::RoomNotFound)?;
-                    let busy = live_uids(tx, spec.check_busy, Some(spec.room_name)).await?;
-                    let was_final = state.room.status.is_final();
+                    let mut busy = live_uids(tx, spec.check_busy, Some(spec.room_name)).await?;
+                    if !busy.is_empty() {
+                        let live: Vec<String> = busy.iter().cloned().collect();
+                        let room = Some(spec.room_name);
+                        if settle_due_elsewhere(tx, &live, room, spec.now, self.teardown).await? {
+                            busy = live_uids(tx, spec.check_busy, room).await?;
+                        }
+                    }
+                    // Final as loaded, before the deadlines applied at load: a room they
+                    // closed is finalised by this transaction too.
+                    let was_final = state.was_final_when_loaded();
                     let answer = rule(&mut state, &busy)?;
                     let finalised = !was_final && state.room.status.is_final();
                     if !state.is_changed() {
                         return Ok((state, answer, finalised));
                     }
                     match write_back(tx, &mut state).await {
-                        // The uid rings or talks in another call; the database said so.
+                        // The uid rings or talks in another call, says the database: unless
+                        // that call's deadline has passed (then it is free once written down).
                         Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
-                            return Err(match spec.live_conflict {
-                                Some(uid) => ApiError::ParticipantInCall {
-                                    busy_uids: vec![uid.to_owned()],
+                            let Some(uid) = spec.live_conflict else {
+                                return Err(err.into());
+                            };
+                            let uids = [uid.to_owned()];
+                            let room = Some(spec.room_name);
+                            let busy = || ApiError::ParticipantInCall {
+                                busy_uids: vec![uid.to_owned()],
+                            };
+                            if !settle_due_elsewhere(tx, &uids, room, spec.now, self.teardown)
+                                .await?
+                            {
+                                return Err(busy().into());
+                            }
+                            match write_back(tx, &mut state).await {
+                                Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
+                                    return Err(busy().into());
                                 }
-                                .into(),
-                                None => err.into(),
-                            });
+                                other => other?,
+                            }
                         }
                         other => other?,
                     }
-                    if finalised && spec.teardown && self.teardown {
-                        queue_teardown(tx, &state.room.room_name, state.room.updated_at).await?;
+                    if self.teardown {
+                        if finalised && spec.teardown {
+                            queue_teardown(tx, &state.room.room_name, state.room.updated_at)
+                                .await?;
+                        }
+                        // Whoever this change took out of the call leaves LiveKit too.
+                        let removed: Vec<String> = state
+                            .changed_rows()
+                            .filter(|p| p.reason == Some(Reason::Removed))
+                            .map(|p| p.uid.clone())
+                            .collect();
+                        for uid in removed {
+                            queue_removal(tx, &state.room.room_name, &uid, spec.now).await?;
+                        }
                     }
                     Ok((state, answer, finalised))
                 })
@@ -197,6 +236,8 @@ pub(super) struct Change<'a> {
     pub(super) live_conflict: Option<&'a str>,
     /// Queue a LiveKit DeleteRoom when the room becomes final.
     pub(super) teardown: bool,
+    /// The instant of the change: deadlines due by then are applied first.
+    pub(super) now: Now,
 }
 
 /// Create's one transaction: the room, the creator joined and the invitees ringing. Refused
@@ -206,10 +247,17 @@ async fn insert_call(
     new: &NewRoom,
     invitees: &[String],
     now: Now,
+    teardown: bool,
 ) -> Result<CallState, TxError> {
     let mut everyone = vec![new.creator.clone()];
     everyone.extend(invitees.iter().cloned());
-    let busy = live_uids(tx, &everyone, None).await?;
+    let mut busy = live_uids(tx, &everyone, None).await?;
+    if !busy.is_empty() {
+        let live: Vec<String> = busy.iter().cloned().collect();
+        if settle_due_elsewhere(tx, &live, None, now, teardown).await? {
+            busy = live_uids(tx, &everyone, None).await?;
+        }
+    }
     if busy.contains(&new.creator) {
         return Err(ApiError::CreatorInAnotherCall.into());
     }
@@ -221,36 +269,7 @@ async fn insert_call(
             .collect();
         return Err(ApiError::ParticipantInCall { busy_uids }.into());
     }
-    let inserted = sqlx::query(
-        "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
-         call_type, invite_on, max_participants, status, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&new.source_channel_id)
-    .bind(new.source_channel_type)
-    .bind(&new.creator)
-    .bind(&new.room_name)
-    .bind(new.call_type)
-    .bind(new.invite_on)
-    .bind(new.max_participants)
-    .bind(RoomStatus::NotStarted.code())
-    .bind(now.at)
-    .bind(now.at)
-    .execute(&mut **tx)
-    .await;
-    let id = match inserted {
-        Ok(result) => backend::last_insert_id(&result),
-        Err(err) if unique_violation(&err) == Some(UniqueKey::LiveChannel) => {
-            // The caller names the open room once this transaction is rolled back.
-            return Err(ApiError::ChannelHasActiveRoom {
-                room_name: String::new(),
-            }
-            .into());
-        }
-        Err(err) => return Err(err.into()),
-    };
     let room = Room {
-        id,
         source_channel_id: new.source_channel_id.clone(),
         source_channel_type: new.source_channel_type,
         creator: new.creator.clone(),
@@ -261,8 +280,47 @@ async fn insert_call(
         status: RoomStatus::NotStarted,
         created_at: now.at,
         updated_at: now.at,
+        ring_timeout_seconds: new.limits.ring_timeout_seconds,
+        max_duration_seconds: new.limits.max_duration_seconds,
+        solo_timeout_seconds: new.limits.solo_timeout_seconds,
+        ..Room::default()
     };
+    // The rows decide the room's first deadline, so the rules run before the insert.
     let mut state = rules::new_call(room, invitees, now);
+    let room = &state.room;
+    let inserted = sqlx::query(
+        "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
+         call_type, invite_on, max_participants, status, created_at, updated_at, \
+         ring_timeout_seconds, max_duration_seconds, solo_timeout_seconds, deadline) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&room.source_channel_id)
+    .bind(room.source_channel_type)
+    .bind(&room.creator)
+    .bind(&room.room_name)
+    .bind(room.call_type)
+    .bind(room.invite_on)
+    .bind(room.max_participants)
+    .bind(room.status.code())
+    .bind(room.created_at)
+    .bind(room.updated_at)
+    .bind(room.ring_timeout_seconds)
+    .bind(room.max_duration_seconds)
+    .bind(room.solo_timeout_seconds)
+    .bind(room.deadline)
+    .execute(&mut **tx)
+    .await;
+    state.room.id = match inserted {
+        Ok(result) => backend::last_insert_id(&result),
+        Err(err) if unique_violation(&err) == Some(UniqueKey::LiveChannel) => {
+            // The caller names the open room once this transaction is rolled back.
+            return Err(ApiError::ChannelHasActiveRoom {
+                room_name: String::new(),
+            }
+            .into());
+        }
+        Err(err) => return Err(err.into()),
+    };
     write_rows(tx, &mut state).await?;
     Ok(state)
 }

@@ -15,7 +15,9 @@ use sqlx::{Connection, QueryBuilder, Row};
 
 use crate::config::ConfigError;
 use crate::error::ApiError;
-use crate::model::{Now, Participant, ParticipantStatus, Room, RoomStatus};
+use crate::model::{
+    CallLimits, EndReason, Now, Participant, ParticipantStatus, Reason, Room, RoomStatus,
+};
 use crate::rules::{self, Action, CallState};
 
 pub use crate::database::{
@@ -29,12 +31,15 @@ type DbConnection = <Db as sqlx::Database>::Connection;
 
 mod backend;
 mod calls;
+mod reads;
 mod sweeps;
 mod webhooks;
 
+pub use reads::{HistoryEntry, ListedRooms, Ringing};
+
 pub use webhooks::WebhookOutcome;
 
-use backend::for_update;
+use backend::{for_update, live_row_of};
 
 // Short enough that an outage answers 503 well inside the function timeout.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -166,6 +171,7 @@ pub struct NewRoom {
     pub call_type: i16,
     pub invite_on: i16,
     pub max_participants: i32,
+    pub limits: CallLimits,
 }
 
 /// Filters of the room list; `uid` finds rooms where that uid has any row.
@@ -260,18 +266,42 @@ pub struct Store {
     teardown: bool,
 }
 
-const ROOM_COLUMNS: &str = "r.id, r.source_channel_id, r.source_channel_type, r.creator, \
-     r.room_name, r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at";
+/// The room's columns, as every room query selects them (`r` is call_room).
+macro_rules! room_columns {
+    () => {
+        concat!(
+            "r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
+            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
+            "r.ring_timeout_seconds, r.max_duration_seconds, r.solo_timeout_seconds, ",
+            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline"
+        )
+    };
+}
+pub(crate) use room_columns;
+
+/// A participant's columns as `p_…` (`p` is call_participant).
+macro_rules! participant_columns {
+    () => {
+        concat!(
+            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
+            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, ",
+            "p.updated_at AS p_updated_at, p.reason AS p_reason, p.invited_at AS p_invited_at, ",
+            "p.ring_deadline AS p_ring_deadline, p.ring_seconds AS p_ring_seconds, ",
+            "p.talk_seconds AS p_talk_seconds"
+        )
+    };
+}
+pub(crate) use participant_columns;
 
 /// A room with all its rows in one round trip; the lock variant starts every call transaction.
 macro_rules! call_query {
     ($suffix:expr) => {
         concat!(
-            "SELECT r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
-            "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
-            "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
-            "p.leave_time AS p_leave_time, p.created_at AS p_created_at, p.updated_at AS p_updated_at ",
-            "FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
+            "SELECT ",
+            room_columns!(),
+            ", ",
+            participant_columns!(),
+            " FROM call_room r LEFT JOIN call_participant p ON p.room_name = r.room_name ",
             "WHERE r.room_name = ? ORDER BY p.id",
             $suffix
         )
@@ -393,64 +423,24 @@ impl Store {
             .await?;
         Ok(())
     }
-
-    /// A room with its rows, without locks; None when the room does not exist.
-    pub async fn load(&self, room_name: &str) -> Result<Option<CallState>, ApiError> {
-        retrying(|| {
-            self.with_conn(async |conn: &mut DbConnection| {
-                let rows = sqlx::query(LOAD_CALL)
-                    .bind(room_name)
-                    .fetch_all(conn)
-                    .await?;
-                Ok(decode_call(&rows)?)
-            })
-        })
-        .await
-    }
-
-    pub async fn list_rooms(
-        &self,
-        filter: &RoomFilter,
-        limit: i64,
-        offset: i64,
-    ) -> Result<(Vec<Room>, i64), ApiError> {
-        retrying(|| {
-            self.with_conn(async |conn: &mut DbConnection| {
-                list_rooms_on(conn, filter, limit, offset).await
-            })
-        })
-        .await
-    }
 }
 
-/// The room list's count and page, both on one connection.
-async fn list_rooms_on(
-    conn: &mut DbConnection,
-    filter: &RoomFilter,
-    limit: i64,
-    offset: i64,
-) -> Result<(Vec<Room>, i64), TxError> {
-    let mut count = QueryBuilder::<Db>::new("SELECT COUNT(*) FROM call_room r");
-    push_filter(&mut count, filter);
-    let total: i64 = count.build_query_scalar().fetch_one(&mut *conn).await?;
-    if total <= offset {
-        return Ok((Vec::new(), total));
-    }
-    let mut select = QueryBuilder::<Db>::new(format!("SELECT {ROOM_COLUMNS} FROM call_room r"));
-    push_filter(&mut select, filter);
-    select.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit);
-    select.push(" OFFSET ").push_bind(offset);
-    let rows = select.build().fetch_all(&mut *conn).await?;
-    let rooms = rows.iter().map(decode_room).collect::<Result<_, _>>()?;
-    Ok((rooms, total))
-}
-
-async fn lock_call(tx: &mut Tx<'_>, room_name: &str) -> Result<Option<CallState>, sqlx::Error> {
+/// The room and its rows under lock, with every deadline due at `now` applied (written back
+/// with whatever the transaction then changes).
+async fn lock_call(
+    tx: &mut Tx<'_>,
+    room_name: &str,
+    now: Now,
+) -> Result<Option<CallState>, sqlx::Error> {
     let rows = sqlx::query(LOCK_CALL)
         .bind(room_name)
         .fetch_all(&mut **tx)
         .await?;
-    decode_call(&rows)
+    let mut state = decode_call(&rows)?;
+    if let Some(state) = &mut state {
+        rules::apply_deadlines(state, now);
+    }
+    Ok(state)
 }
 
 async fn queue_teardown(
@@ -464,6 +454,68 @@ async fn queue_teardown(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// A LiveKit RemoveParticipant to make after the commit (and retry until it succeeds).
+async fn queue_removal(
+    tx: &mut Tx<'_>,
+    room_name: &str,
+    uid: &str,
+    now: Now,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(backend::INSERT_REMOVAL)
+        .bind(room_name)
+        .bind(uid)
+        .bind(now.at)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Brings the other rooms where any of `uids` is live, and whose deadline has passed, up to
+/// `now` inside this transaction (locked, deadlines applied, written), so that a uid whose
+/// invite rang out a second ago is free to be rung or to join here although the sweeper has
+/// not written that down yet. Returns whether any room changed.
+async fn settle_due_elsewhere(
+    tx: &mut Tx<'_>,
+    uids: &[String],
+    except: Option<&str>,
+    now: Now,
+    teardown: bool,
+) -> Result<bool, sqlx::Error> {
+    if uids.is_empty() {
+        return Ok(false);
+    }
+    let mut query = QueryBuilder::<Db>::new(
+        "SELECT DISTINCT p.room_name FROM call_participant p JOIN call_room r \
+         ON r.room_name = p.room_name WHERE p.status IN (0, 1) AND r.deadline <= ",
+    );
+    query.push_bind(now.at).push(" AND p.uid IN (");
+    let mut list = query.separated(", ");
+    for uid in uids {
+        list.push_bind(uid.clone());
+    }
+    query.push(")");
+    if let Some(room_name) = except {
+        query
+            .push(" AND p.room_name <> ")
+            .push_bind(room_name.to_owned());
+    }
+    let rooms: Vec<String> = query.build_query_scalar().fetch_all(&mut **tx).await?;
+    let mut changed = false;
+    for room in rooms {
+        let Some(mut state) = lock_call(tx, &room, now).await? else {
+            continue;
+        };
+        if state.is_changed() {
+            write_back(tx, &mut state).await?;
+            if teardown && !state.was_final_when_loaded() && state.room.status.is_final() {
+                queue_teardown(tx, &room, state.room.updated_at).await?;
+            }
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// The uids among `uids` that are live (ringing or joined) in a room other than `except`.
@@ -515,23 +567,36 @@ fn push_filter(query: &mut QueryBuilder<Db>, filter: &RoomFilter) {
 
 async fn write_back(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::Error> {
     if state.room_changed() {
-        sqlx::query("UPDATE call_room SET status = ?, updated_at = ? WHERE id = ?")
-            .bind(state.room.status.code())
-            .bind(state.room.updated_at)
-            .bind(state.room.id)
-            .execute(&mut **tx)
-            .await?;
+        let room = &state.room;
+        sqlx::query(
+            "UPDATE call_room SET status = ?, updated_at = ?, end_reason = ?, started_at = ?, \
+             ended_at = ?, solo_since = ?, deadline = ? WHERE id = ?",
+        )
+        .bind(room.status.code())
+        .bind(room.updated_at)
+        .bind(room.end_reason.map(EndReason::as_str))
+        .bind(room.started_at)
+        .bind(room.ended_at)
+        .bind(room.solo_since)
+        .bind(room.deadline)
+        .bind(room.id)
+        .execute(&mut **tx)
+        .await?;
     }
     write_rows(tx, state).await
 }
 
+/// Writes the changed rows; a new row's id is kept as soon as it is inserted, so running this
+/// again after a failed statement writes each row once.
 async fn write_rows(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::Error> {
-    let mut new_ids = Vec::new();
-    for (i, row) in state.changed_rows_indexed() {
+    let changed: Vec<usize> = state.changed_rows_indexed().map(|(i, _)| i).collect();
+    for i in changed {
+        let row = &state.rows[i];
         if row.id == 0 {
             let result = sqlx::query(
                 "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 created_at, updated_at, reason, invited_at, ring_deadline, ring_seconds, \
+                 talk_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&row.room_name)
             .bind(&row.uid)
@@ -540,25 +605,33 @@ async fn write_rows(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::
             .bind(row.leave_time)
             .bind(row.created_at)
             .bind(row.updated_at)
+            .bind(row.reason.map(Reason::as_str))
+            .bind(row.invited_at)
+            .bind(row.ring_deadline)
+            .bind(row.ring_seconds)
+            .bind(row.talk_seconds)
             .execute(&mut **tx)
             .await?;
-            new_ids.push((i, backend::last_insert_id(&result)));
+            state.rows[i].id = backend::last_insert_id(&result);
         } else {
             sqlx::query(
                 "UPDATE call_participant SET status = ?, join_time = ?, leave_time = ?, \
-                 updated_at = ? WHERE id = ?",
+                 updated_at = ?, reason = ?, invited_at = ?, ring_deadline = ?, \
+                 ring_seconds = ?, talk_seconds = ? WHERE id = ?",
             )
             .bind(row.status.code())
             .bind(row.join_time)
             .bind(row.leave_time)
             .bind(row.updated_at)
+            .bind(row.reason.map(Reason::as_str))
+            .bind(row.invited_at)
+            .bind(row.ring_deadline)
+            .bind(row.ring_seconds)
+            .bind(row.talk_seconds)
             .bind(row.id)
             .execute(&mut **tx)
             .await?;
         }
-    }
-    for (i, id) in new_ids {
-        state.rows[i].id = id;
     }
     Ok(())
 }
@@ -567,6 +640,9 @@ type DbRow = <Db as sqlx::Database>::Row;
 
 fn decode_room(row: &DbRow) -> Result<Room, sqlx::Error> {
     let status: i16 = row.try_get("status")?;
+    let end_reason: Option<String> = row.try_get("end_reason")?;
+    let started_at: Option<NaiveDateTime> = row.try_get("started_at")?;
+    let ended_at: Option<NaiveDateTime> = row.try_get("ended_at")?;
     Ok(Room {
         id: row.try_get("id")?,
         source_channel_id: row.try_get("source_channel_id")?,
@@ -580,7 +656,48 @@ fn decode_room(row: &DbRow) -> Result<Room, sqlx::Error> {
             .ok_or_else(|| corrupt("room status", status))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        ring_timeout_seconds: row.try_get("ring_timeout_seconds")?,
+        max_duration_seconds: row.try_get("max_duration_seconds")?,
+        solo_timeout_seconds: row.try_get("solo_timeout_seconds")?,
+        end_reason: end_reason
+            .map(|text| EndReason::parse(&text).ok_or_else(|| corrupt_text("end reason", &text)))
+            .transpose()?,
+        started_at,
+        ended_at,
+        duration_seconds: match (started_at, ended_at) {
+            (Some(started), Some(ended)) => rules::seconds_between(started, ended),
+            _ => 0,
+        },
+        solo_since: row.try_get("solo_since")?,
+        deadline: row.try_get("deadline")?,
     })
+}
+
+/// A participant row from `participant_columns!()`; None for a room without rows.
+fn decode_participant(row: &DbRow, room_name: &str) -> Result<Option<Participant>, sqlx::Error> {
+    let Some(id) = row.try_get::<Option<i64>, _>("p_id")? else {
+        return Ok(None);
+    };
+    let status: i16 = row.try_get("p_status")?;
+    let reason: Option<String> = row.try_get("p_reason")?;
+    Ok(Some(Participant {
+        id,
+        room_name: room_name.to_owned(),
+        uid: row.try_get("p_uid")?,
+        status: ParticipantStatus::from_code(status.into())
+            .ok_or_else(|| corrupt("participant status", status))?,
+        join_time: row.try_get("p_join_time")?,
+        leave_time: row.try_get("p_leave_time")?,
+        created_at: row.try_get::<NaiveDateTime, _>("p_created_at")?,
+        updated_at: row.try_get::<NaiveDateTime, _>("p_updated_at")?,
+        reason: reason
+            .map(|text| Reason::parse(&text).ok_or_else(|| corrupt_text("reason", &text)))
+            .transpose()?,
+        invited_at: row.try_get("p_invited_at")?,
+        ring_deadline: row.try_get("p_ring_deadline")?,
+        ring_seconds: row.try_get::<i32, _>("p_ring_seconds")?.into(),
+        talk_seconds: row.try_get::<i32, _>("p_talk_seconds")?.into(),
+    }))
 }
 
 fn decode_call(rows: &[DbRow]) -> Result<Option<CallState>, sqlx::Error> {
@@ -590,23 +707,13 @@ fn decode_call(rows: &[DbRow]) -> Result<Option<CallState>, sqlx::Error> {
     let room = decode_room(first)?;
     let mut participants = Vec::with_capacity(rows.len());
     for row in rows {
-        let Some(id) = row.try_get::<Option<i64>, _>("p_id")? else {
-            continue;
-        };
-        let status: i16 = row.try_get("p_status")?;
-        participants.push(Participant {
-            id,
-            room_name: room.room_name.clone(),
-            uid: row.try_get("p_uid")?,
-            status: ParticipantStatus::from_code(status.into())
-                .ok_or_else(|| corrupt("participant status", status))?,
-            join_time: row.try_get("p_join_time")?,
-            leave_time: row.try_get("p_leave_time")?,
-            created_at: row.try_get::<NaiveDateTime, _>("p_created_at")?,
-            updated_at: row.try_get::<NaiveDateTime, _>("p_updated_at")?,
-        });
+        participants.extend(decode_participant(row, &room.room_name)?);
     }
     Ok(Some(CallState::new(room, participants)))
+}
+
+fn corrupt_text(what: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} {value:?} in the database").into())
 }
 
 fn corrupt(what: &str, value: i16) -> sqlx::Error {
@@ -633,13 +740,14 @@ mod tests {
             call_type: 1,
             invite_on: 0,
             max_participants: 2,
+            limits: CallLimits::default(),
         };
         store.create_room(&room, &[], now).await.expect("create");
 
         let mut conn = pool.acquire().await.expect("connection");
         {
             let mut tx = conn.begin_with(backend::BEGIN).await.expect("begin");
-            lock_call(&mut tx, "r1").await.expect("lock");
+            lock_call(&mut tx, "r1", now).await.expect("lock");
             // Dropped here without commit or rollback, as an early return would.
         }
         // MySQL queues the ROLLBACK on the connection (SQLite's worker thread runs it soon).

@@ -1,5 +1,6 @@
-//! What the sweeper reads and changes: expired rings, idle rooms, long calls, pending
-//! LiveKit teardowns and old webhook ids.
+//! What the sweeper reads and changes: rooms whose deadline has passed (ring-outs, idle rooms,
+//! solo and longest-call timeouts), calls LiveKit no longer has, pending LiveKit teardowns and
+//! removals, and old webhook ids.
 
 use super::calls::Change;
 use super::*;
@@ -22,31 +23,80 @@ impl Store {
 
     /// DeleteRoom succeeded (or was given up on): forget the room's teardown.
     pub async fn teardown_done(&self, room_name: &str) -> Result<(), ApiError> {
-        self.execute_on_room(
+        self.execute_on(
             "DELETE FROM livekit_teardown WHERE room_name = ?",
-            room_name,
+            &[room_name],
         )
         .await
     }
 
     pub async fn teardown_failed(&self, room_name: &str) -> Result<(), ApiError> {
-        self.execute_on_room(
+        self.execute_on(
             "UPDATE livekit_teardown SET attempts = attempts + 1 WHERE room_name = ?",
-            room_name,
+            &[room_name],
         )
         .await
     }
 
-    /// Rooms with a row ringing since before `cutoff`, oldest first.
-    pub async fn rooms_ringing_since(
+    /// Participants LiveKit still has to remove, oldest first: (room, uid, attempts).
+    pub async fn pending_removals(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<(String, String, i32)>, ApiError> {
+        let rows = self
+            .with_conn(async |conn: &mut DbConnection| {
+                sqlx::query_as(
+                    "SELECT room_name, uid, attempts FROM livekit_removal \
+                     ORDER BY created_at LIMIT ?",
+                )
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        Ok(rows)
+    }
+
+    /// RemoveParticipant succeeded (or was given up on).
+    pub async fn removal_done(&self, room_name: &str, uid: &str) -> Result<(), ApiError> {
+        self.execute_on(
+            "DELETE FROM livekit_removal WHERE room_name = ? AND uid = ?",
+            &[room_name, uid],
+        )
+        .await
+    }
+
+    pub async fn removal_failed(&self, room_name: &str, uid: &str) -> Result<(), ApiError> {
+        self.execute_on(
+            "UPDATE livekit_removal SET attempts = attempts + 1 WHERE room_name = ? AND uid = ?",
+            &[room_name, uid],
+        )
+        .await
+    }
+
+    /// Open rooms with a deadline at or before `now`, the longest overdue first.
+    pub async fn rooms_due(&self, now: Now, limit: i64) -> Result<Vec<String>, ApiError> {
+        self.room_names(
+            sqlx::query_scalar(
+                "SELECT room_name FROM call_room WHERE deadline <= ? ORDER BY deadline LIMIT ?",
+            )
+            .bind(now.at)
+            .bind(limit),
+        )
+        .await
+    }
+
+    /// Running rooms last changed before `cutoff`, oldest change first (the rooms whose
+    /// presence in LiveKit the sweeper checks).
+    pub async fn quiet_running_rooms(
         &self,
         cutoff: Now,
         limit: i64,
     ) -> Result<Vec<String>, ApiError> {
         self.room_names(
             sqlx::query_scalar(
-                "SELECT room_name FROM call_participant WHERE status = 0 AND updated_at < ? \
-                 GROUP BY room_name ORDER BY MIN(updated_at) LIMIT ?",
+                "SELECT room_name FROM call_room WHERE status = 1 AND updated_at < ? \
+                 ORDER BY updated_at LIMIT ?",
             )
             .bind(cutoff.at)
             .bind(limit),
@@ -54,51 +104,11 @@ impl Store {
         .await
     }
 
-    /// Rooms at `status` last changed before `cutoff` (rooms at 0: with nobody ringing).
-    pub async fn idle_rooms(
-        &self,
-        status: RoomStatus,
-        cutoff: Now,
-        limit: i64,
-    ) -> Result<Vec<String>, ApiError> {
-        self.room_names(
-            sqlx::query_scalar(
-                "SELECT r.room_name FROM call_room r WHERE r.status = ? AND r.updated_at < ? \
-                 AND (r.status <> 0 OR NOT EXISTS (SELECT 1 FROM call_participant p \
-                      WHERE p.room_name = r.room_name AND p.status = 0)) \
-                 ORDER BY r.updated_at LIMIT ?",
-            )
-            .bind(status.code())
-            .bind(cutoff.at)
-            .bind(limit),
-        )
-        .await
-    }
-
-    /// Rooms in progress since before `cutoff` (by start of the room), oldest first.
-    pub async fn calls_started_before(
-        &self,
-        cutoff: Now,
-        limit: i64,
-    ) -> Result<Vec<String>, ApiError> {
-        self.room_names(
-            sqlx::query_scalar(
-                "SELECT room_name FROM call_room WHERE status = 1 AND created_at < ? \
-                 ORDER BY created_at LIMIT ?",
-            )
-            .bind(cutoff.at)
-            .bind(limit),
-        )
-        .await
-    }
-
-    /// The sweeper's change to one room, under the same lock and rules as every request.
-    pub async fn sweep_room(
-        &self,
-        room_name: &str,
-        rule: impl Fn(&mut CallState) -> bool,
-    ) -> Result<RoomResult, ApiError> {
-        self.room_change(room_name, |state| Ok(rule(state))).await
+    /// Writes down what the deadlines due at `now` did to one room, under the same lock and
+    /// rules as every request.
+    pub async fn apply_due(&self, room_name: &str, now: Now) -> Result<RoomResult, ApiError> {
+        // Locking the call applies its deadlines; the rule itself has nothing to add.
+        self.room_change(room_name, now, |_| Ok(false)).await
     }
 
     /// Ends a call LiveKit no longer has (its webhooks were lost): no DeleteRoom needed.
@@ -108,13 +118,16 @@ impl Store {
             check_busy: &[],
             live_conflict: None,
             teardown: false,
+            now,
         };
         let (state, changed, finalised) = self
-            .change_call(spec, |state, _| Ok(rules::end(state, now)))
+            .change_call(spec, |state, _| {
+                Ok(rules::end(state, EndReason::GoneFromLivekit, now))
+            })
             .await?;
         Ok(RoomResult {
+            changed: changed || state.is_changed(),
             room: state.room,
-            changed,
             finalised,
         })
     }
@@ -141,9 +154,13 @@ impl Store {
             .await?)
     }
 
-    async fn execute_on_room(&self, sql: &'static str, room_name: &str) -> Result<(), ApiError> {
+    async fn execute_on(&self, sql: &'static str, binds: &[&str]) -> Result<(), ApiError> {
         self.with_conn(async |conn: &mut DbConnection| {
-            sqlx::query(sql).bind(room_name).execute(conn).await
+            let mut query = sqlx::query(sql);
+            for value in binds {
+                query = query.bind(*value);
+            }
+            query.execute(conn).await
         })
         .await?;
         Ok(())

@@ -37,7 +37,7 @@ impl Store {
                 _ => Err(err.into()),
             };
         }
-        let Some(mut state) = lock_call(tx, &event.room_name).await? else {
+        let Some(mut state) = lock_call(tx, &event.room_name, now).await? else {
             return Ok(WebhookOutcome::Ignored);
         };
         let outcome = match &event.kind {
@@ -55,6 +55,17 @@ impl Store {
                     .is_some_and(|row| rules::is_stale(row.updated_at, event.created_at)) =>
             {
                 WebhookOutcome::Ignored
+            }
+            // Taken out of the call, yet LiveKit saw it join again (a token still valid).
+            WebhookKind::ParticipantJoined { uid }
+                if state
+                    .row(uid)
+                    .is_some_and(|row| row.reason == Some(Reason::Removed)) =>
+            {
+                if self.teardown {
+                    queue_removal(tx, &state.room.room_name, uid, now).await?;
+                }
+                WebhookOutcome::RemoveAgain { uid: uid.clone() }
             }
             WebhookKind::ParticipantJoined { .. } if state.room.status.is_final() => {
                 // A still-valid token reopened a finished room: close it again.
@@ -81,7 +92,7 @@ impl Store {
                 }
             }
             WebhookKind::ParticipantLeft { uid } => {
-                let was_final = state.room.status.is_final();
+                let was_final = state.was_final_when_loaded();
                 if rules::presence_left(&mut state, uid, event.created_at, now) {
                     write_back(tx, &mut state).await?;
                     let finalised = !was_final && state.room.status.is_final();
@@ -103,7 +114,7 @@ impl Store {
             WebhookKind::RoomFinished => {
                 // LiveKit already closed the room: no DeleteRoom for this one.
                 if rules::is_stale(state.room.created_at, event.created_at)
-                    || !rules::end(&mut state, now)
+                    || !rules::end(&mut state, EndReason::GoneFromLivekit, now)
                 {
                     WebhookOutcome::Ignored
                 } else {
@@ -136,10 +147,10 @@ impl Store {
         .await?;
         let (mut changed, mut finalised) = (Vec::new(), Vec::new());
         for other in others {
-            let Some(mut state) = lock_call(tx, &other).await? else {
+            let Some(mut state) = lock_call(tx, &other, now).await? else {
                 continue;
             };
-            let was_final = state.room.status.is_final();
+            let was_final = state.was_final_when_loaded();
             if rules::close_elsewhere(&mut state, uid, now) {
                 write_back(tx, &mut state).await?;
                 if !was_final && state.room.status.is_final() {
@@ -168,4 +179,6 @@ pub enum WebhookOutcome {
     Duplicate,
     /// The room is final but LiveKit says someone joined: delete the LiveKit room again.
     DeleteAgain,
+    /// A uid removed from the call joined it again in LiveKit: remove it again.
+    RemoveAgain { uid: String },
 }

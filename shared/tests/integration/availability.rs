@@ -165,6 +165,10 @@ async fn the_production_store_serves_every_kind_of_request_on_its_kept_connectio
         call_type: 1,
         invite_on: 1,
         max_participants: 2,
+        limits: call_shared::model::CallLimits {
+            ring_timeout_seconds: 1,
+            ..Default::default()
+        },
     };
     let then = Now::from_millis(Now::current().ms - 5_000).expect("instant");
     app.store
@@ -185,8 +189,17 @@ async fn the_production_store_serves_every_kind_of_request_on_its_kept_connectio
     let report = call_shared::sweeper::sweep(&app, Now::current())
         .await
         .expect("sweep");
-    assert_eq!(report.rang_out, 1, "{report:?}");
-    let state = app.store.load("r1").await.expect("load").expect("room");
+    assert_eq!(
+        (report.deadlines_applied, report.rooms_closed),
+        (1, 1),
+        "{report:?}"
+    );
+    let state = app
+        .store
+        .load("r1", Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     assert!(state.room.status.is_final(), "{:?}", state.room);
     let took = started.elapsed();
     println!("refusal, sweep and read on one kept connection: {took:?}");

@@ -35,6 +35,7 @@ fn room(name: &str) -> Room {
         status: RoomStatus::NotStarted,
         created_at: now.at,
         updated_at: now.at,
+        ..Room::default()
     }
 }
 
@@ -60,6 +61,7 @@ async fn seed_room(app: &call_shared::App, name: &str) {
         call_type: 1,
         invite_on: 0,
         max_participants: 5,
+        limits: call_shared::model::CallLimits::default(),
     };
     app.store
         .create_room(&new, &[], Now::current())
@@ -74,6 +76,7 @@ async fn a_cached_room_round_trips_until_forgotten() {
     let cached = CachedRoom {
         room: room(&name),
         members: vec!["alice".into(), "bob".into()],
+        deadline: None,
     };
     let miss = cache.get_room(&name).await;
     assert_eq!(miss.room, None);
@@ -99,6 +102,7 @@ async fn a_copy_read_before_another_instances_commit_is_not_cached() {
     let stale = CachedRoom {
         room: room(&name),
         members: vec!["alice".into()],
+        deadline: None,
     };
     let miss = reader.get_room(&name).await;
     assert_eq!(miss.room, None);
@@ -125,6 +129,7 @@ async fn an_unreachable_redis_is_skipped_quickly() {
             &CachedRoom {
                 room: room("x"),
                 members: vec![],
+                deadline: None,
             },
             cache.get_room("x").await.generation,
         )

@@ -29,6 +29,7 @@ fn room(name: &str, creator: &str, max: i32, invite_on: i16) -> NewRoom {
         call_type: 1,
         invite_on,
         max_participants: max,
+        limits: call_shared::model::CallLimits::default(),
     }
 }
 
@@ -108,7 +109,7 @@ async fn assert_invariants(pool: &DbPool) {
 }
 
 async fn status_of(store: &Store, room: &str, uid: &str) -> Option<P> {
-    let state = store.load(room).await.expect("load")?;
+    let state = store.load(room, Now::current()).await.expect("load")?;
     state.row(uid).map(|p| p.status)
 }
 
@@ -402,7 +403,11 @@ async fn end_against_join_leaves_a_final_room_with_nobody_live(pool: DbPool) {
             Err(ApiError::RoomNotActive) => ended_first += 1,
             other => panic!("round {round}: join answered {other:?}"),
         }
-        let state = stores[0].load(&name).await.expect("load").expect("room");
+        let state = stores[0]
+            .load(&name, Now::current())
+            .await
+            .expect("load")
+            .expect("room");
         assert!(
             state.room.status.is_final(),
             "round {round}: {:?}",
@@ -472,7 +477,11 @@ async fn a_livekit_join_against_an_api_leave_keeps_one_order(pool: DbPool) {
             matches!(b_final, Some(P::HungUp | P::Joined)),
             "round {round}: {b_final:?}"
         );
-        let state = stores[0].load(&name).await.expect("load").expect("room");
+        let state = stores[0]
+            .load(&name, Now::current())
+            .await
+            .expect("load")
+            .expect("room");
         assert_eq!(state.room.status, R::InProgress, "a and c are still in");
         finals.push(b_final);
     }
@@ -496,13 +505,11 @@ async fn the_sweep_against_an_answer_keeps_one_order(pool: DbPool) {
         let callee = format!("b{round}");
         // Created 2 s ago: the invite is past its 1 s ring when the race starts.
         let then = Now::from_millis(Now::current().ms - 2_000).expect("instant");
+        let mut new = room(&name, &format!("a{round}"), 2, 1);
+        new.limits.ring_timeout_seconds = 1;
         apps[0]
             .store
-            .create_room(
-                &room(&name, &format!("a{round}"), 2, 1),
-                std::slice::from_ref(&callee),
-                then,
-            )
+            .create_room(&new, std::slice::from_ref(&callee), then)
             .await
             .expect("create");
         let results = race(&stores, |i, store| {
@@ -522,7 +529,11 @@ async fn the_sweep_against_an_answer_keeps_one_order(pool: DbPool) {
         })
         .await;
         assert!(results[0].is_ok(), "the sweep never fails: {results:?}");
-        let state = stores[0].load(&name).await.expect("load").expect("room");
+        let state = stores[0]
+            .load(&name, Now::current())
+            .await
+            .expect("load")
+            .expect("room");
         match &results[1] {
             Ok(()) => {
                 answered += 1;

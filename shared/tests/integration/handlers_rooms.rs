@@ -87,7 +87,7 @@ async fn create_room_writes_the_room_not_started_with_its_fields(pool: DbPool) {
         .ok("房间创建成功");
     let state = app
         .store
-        .load("meeting_001")
+        .load("meeting_001", call_shared::model::Now::current())
         .await
         .expect("load")
         .expect("room exists");
@@ -109,7 +109,12 @@ async fn create_room_treats_max_participants_zero_as_two(pool: DbPool) {
         .open_with(json!({ "room_name": "r1", "creator": "alice", "max_participants": 0 }))
         .await;
     assert_eq!(data["max_participants"], 2);
-    let state = app.store.load("r1").await.expect("load").expect("room");
+    let state = app
+        .store
+        .load("r1", call_shared::model::Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     assert_eq!(state.room.max_participants, 2);
 }
 
@@ -910,11 +915,21 @@ async fn update_room_status_to_the_same_value_changes_nothing(pool: DbPool) {
     let app = common::app(pool);
     let api = Api::new(&app);
     api.open("r1", "alice", &["bob"]).await;
-    let before = app.store.load("r1").await.expect("load").expect("room");
+    let before = app
+        .store
+        .load("r1", call_shared::model::Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = api.set_room_status(&api.service(), "r1", 0).await;
     assert_eq!(r.ok("更新房间状态成功")["status"], 0);
-    let after = app.store.load("r1").await.expect("load").expect("room");
+    let after = app
+        .store
+        .load("r1", call_shared::model::Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     assert_eq!(after.room, before.room);
     assert_eq!(after.rows, before.rows);
 }
@@ -1033,11 +1048,21 @@ async fn end_room_again_answers_200_and_changes_nothing(pool: DbPool) {
     let api = Api::new(&app);
     api.open("r1", "alice", &["bob"]).await;
     api.ended("r1").await;
-    let before = app.store.load("r1").await.expect("load").expect("room");
+    let before = app
+        .store
+        .load("r1", call_shared::model::Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = api.end(&api.service(), "r1").await;
     assert_eq!(r.ok("结束房间成功")["status"], 3);
-    let after = app.store.load("r1").await.expect("load").expect("room");
+    let after = app
+        .store
+        .load("r1", call_shared::model::Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     assert_eq!(after.room, before.room);
     assert_eq!(after.rows, before.rows);
 }

@@ -413,11 +413,11 @@ async fn the_sweeper_rings_out_unanswered_invites(pool: DbPool) {
     let api = Api::new(&app);
     api.open("r1", "alice", &["bob", "carol"]).await;
     let early = sweep(&app, later(30)).await.expect("sweep");
-    assert_eq!(early.rang_out, 0);
+    assert_eq!(early.deadlines_applied, 0);
     assert_eq!(status_of(&pool, "r1", "bob").await, Some(0));
 
     let report = sweep(&app, later(61)).await.expect("sweep");
-    assert_eq!(report.rang_out, 1);
+    assert_eq!((report.deadlines_applied, report.rooms_closed), (1, 1));
     assert_eq!(status_of(&pool, "r1", "bob").await, Some(4));
     assert_eq!(status_of(&pool, "r1", "carol").await, Some(4));
     assert_eq!(status_of(&pool, "r1", "alice").await, Some(3));
@@ -451,7 +451,7 @@ async fn the_sweeper_closes_a_room_nobody_can_answer(pool: DbPool) {
         "still within the ring timeout"
     );
     let report = sweep(&app, later(61)).await.expect("sweep");
-    assert_eq!(report.closed_unanswerable, 1);
+    assert_eq!(report.rooms_closed, 1);
     assert_eq!(room_status(&pool, "r1").await, Some(3));
     assert_eq!(status_of(&pool, "r1", "alice").await, Some(3));
 }
@@ -466,7 +466,7 @@ async fn the_sweeper_ends_calls_past_max_call_seconds(pool: DbPool) {
     sweep(&app, later(300)).await.expect("sweep");
     assert_eq!(room_status(&pool, "r1").await, Some(1));
     let report = sweep(&app, later(601)).await.expect("sweep");
-    assert_eq!(report.ended_too_long, 1);
+    assert_eq!(report.rooms_closed, 1);
     assert_eq!(room_status(&pool, "r1").await, Some(2));
 }
 
@@ -535,7 +535,7 @@ async fn two_overlapping_sweeps_agree(pool: DbPool) {
     }
     let at = later(61);
     let (first, second) = tokio::join!(sweep(&app, at), sweep(&app, at));
-    let total = first.expect("sweep").rang_out + second.expect("sweep").rang_out;
+    let total = first.expect("sweep").rooms_closed + second.expect("sweep").rooms_closed;
     assert_eq!(total, 6, "each room rang out exactly once");
     for i in 0..6 {
         assert_eq!(room_status(&pool, &format!("r{i}")).await, Some(3));

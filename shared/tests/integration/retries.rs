@@ -37,6 +37,7 @@ async fn running_call(store: &Store) {
         call_type: 1,
         invite_on: 1,
         max_participants: 2,
+        limits: call_shared::model::CallLimits::default(),
     };
     store
         .create_room(&room, &["b".to_owned()], Now::current())
@@ -182,7 +183,11 @@ async fn a_kept_connection_killed_while_the_database_is_up_is_replaced_once(pool
         .await
         .expect("answered on a new connection");
     assert_eq!(left.participant.status, P::HungUp);
-    let state = store.load("r1").await.expect("load").expect("room");
+    let state = store
+        .load("r1", Now::current())
+        .await
+        .expect("load")
+        .expect("room");
     assert!(state.room.status.is_final());
     let now_kept: Vec<i64> = others(&mut admin)
         .await

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use call_shared::ApiError;
-use call_shared::model::{Now, ParticipantStatus as P, Room, RoomStatus as R};
+use call_shared::model::{EndReason, Now, ParticipantStatus as P, Room, RoomStatus as R};
 use call_shared::rules::{self, Action, CallState};
 use proptest::prelude::*;
 
@@ -16,8 +16,11 @@ pub const ROOMS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 pub const UIDS: [&str; 9] = ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"];
 /// Rooms created at the start of every sequence, each by its own group of three uids.
 const OPENING_ROOMS: usize = 3;
-/// The sweeper's ring timeout in the model and in the store run.
-pub const RING_TIMEOUT_MS: i64 = 10_000;
+/// The ring timeout in the model and in the store run: longer than any sequence (a step is a
+/// second), so no deadline passes here. Deadlines are applied where a call is loaded, and a
+/// refused step rolls back whatever they did; their own tests are in rules.rs and
+/// lifecycle/livekit_lifecycle (a clock the test controls) and in the HTTP suites.
+pub const RING_TIMEOUT_MS: i64 = 180_000;
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -70,6 +73,7 @@ pub fn action() -> impl Strategy<Value = Action> {
         Just(Action::Busy),
         Just(Action::Cancel),
         Just(Action::Leave),
+        Just(Action::Remove),
     ]
 }
 
@@ -190,6 +194,8 @@ impl World {
                     status: R::NotStarted,
                     created_at: now.at,
                     updated_at: now.at,
+                    ring_timeout_seconds: (RING_TIMEOUT_MS / 1000) as i32,
+                    ..Room::default()
                 };
                 self.calls
                     .insert(name, rules::new_call(room, &invitees, now));
@@ -232,12 +238,12 @@ impl World {
                     .map_err(key)
             }
             Op::End { room } => {
-                rules::end(self.call(*room)?, now);
+                rules::end(self.call(*room)?, EndReason::EndedByApi, now);
                 Ok(())
             }
             Op::RoomFinished { room } => {
                 if let Ok(call) = self.call(*room) {
-                    rules::end(call, now);
+                    rules::end(call, EndReason::GoneFromLivekit, now);
                 }
                 Ok(())
             }
@@ -274,20 +280,9 @@ impl World {
                 Ok(())
             }
             Op::Sweep => {
-                // As the sweeper picks its rooms: an invite ringing past the timeout, or a room
-                // at 0 that nobody rings and that has not changed for as long.
-                let cutoff = Now::from_millis(now.ms - RING_TIMEOUT_MS).expect("instant");
+                // The sweeper writes down what the store already shows at `now`.
                 for call in self.calls.values_mut() {
-                    let rang_out = call
-                        .rows
-                        .iter()
-                        .any(|p| p.status == P::Ringing && p.updated_at < cutoff.at);
-                    let idle = call.room.status == R::NotStarted
-                        && call.count(P::Ringing) == 0
-                        && call.room.updated_at < cutoff.at;
-                    if rang_out || idle {
-                        rules::ring_out(call, cutoff.at, now);
-                    }
+                    rules::apply_deadlines(call, now);
                 }
                 Ok(())
             }
@@ -331,6 +326,9 @@ fn table(action: Action) -> (P, fn(Option<P>) -> bool) {
         Action::Busy => (P::Busy, |from| from == Some(P::Ringing)),
         Action::Cancel => (P::Cancelled, |from| from == Some(P::Ringing)),
         Action::Leave => (P::HungUp, |from| from == Some(P::Joined)),
+        Action::Remove => (P::HungUp, |from| {
+            matches!(from, Some(P::Ringing | P::Joined))
+        }),
     }
 }
 

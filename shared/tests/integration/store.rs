@@ -21,6 +21,7 @@ fn new_room(name: &str, creator: &str) -> NewRoom {
         call_type: 1,
         invite_on: 1,
         max_participants: 2,
+        limits: call_shared::model::CallLimits::default(),
     }
 }
 
@@ -32,8 +33,28 @@ fn anyone(_: &call_shared::rules::CallState) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// One page with the seed's limit/offset: the rooms and the filtered total.
+async fn list(
+    store: &Store,
+    filter: &RoomFilter,
+    limit: i64,
+    offset: i64,
+) -> (Vec<call_shared::model::Room>, i64) {
+    let page = call_shared::model::Page {
+        limit,
+        offset,
+        before_id: None,
+    };
+    let listed = store.list_rooms(filter, page, now()).await.expect("list");
+    (listed.rooms, listed.total)
+}
+
 async fn statuses(store: &Store, room: &str) -> (R, Vec<(String, P)>) {
-    let state = store.load(room).await.expect("load").expect("room exists");
+    let state = store
+        .load(room, Now::current())
+        .await
+        .expect("load")
+        .expect("room exists");
     let rows = state
         .rows
         .iter()
@@ -92,7 +113,13 @@ async fn create_with_a_busy_invitee_writes_nothing(pool: DbPool) {
         })
     );
     common::assert_nothing_held(&pool).await;
-    assert!(store.load("r2").await.expect("load").is_none());
+    assert!(
+        store
+            .load("r2", Now::current())
+            .await
+            .expect("load")
+            .is_none()
+    );
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_participant")
         .fetch_one(&pool)
         .await
@@ -194,9 +221,19 @@ async fn names_compare_exactly(pool: DbPool) {
         .create_room(&new_room("room", "alice"), &[], now())
         .await
         .expect("room is another room");
-    let upper = store.load("Room").await.expect("load").expect("exists");
+    let upper = store
+        .load("Room", Now::current())
+        .await
+        .expect("load")
+        .expect("exists");
     assert_eq!(upper.room.creator, "ALICE");
-    assert!(store.load("ROOM").await.expect("load").is_none());
+    assert!(
+        store
+            .load("ROOM", Now::current())
+            .await
+            .expect("load")
+            .is_none()
+    );
     let err = store
         .participant_action("Room", "alice", Action::Join, now(), anyone)
         .await
@@ -359,10 +396,7 @@ async fn list_rooms_pages_newest_first_with_a_filtered_total(pool: DbPool) {
     }
     store.end_room("r3", now(), anyone).await.expect("end");
 
-    let (page, total) = store
-        .list_rooms(&RoomFilter::default(), 3, 0)
-        .await
-        .expect("list");
+    let (page, total) = list(&store, &RoomFilter::default(), 3, 0).await;
     assert_eq!(total, 7);
     assert_eq!(
         page.iter()
@@ -370,44 +404,32 @@ async fn list_rooms_pages_newest_first_with_a_filtered_total(pool: DbPool) {
             .collect::<Vec<_>>(),
         ["r6", "r5", "r4"]
     );
-    let (page, total) = store
-        .list_rooms(&RoomFilter::default(), 3, 6)
-        .await
-        .expect("list");
+    let (page, total) = list(&store, &RoomFilter::default(), 3, 6).await;
     assert_eq!((page.len(), total), (1, 7));
-    let (page, total) = store
-        .list_rooms(&RoomFilter::default(), 3, 50)
-        .await
-        .expect("list");
+    let (page, total) = list(&store, &RoomFilter::default(), 3, 50).await;
     assert_eq!((page.len(), total), (0, 7));
 
     let by_channel = RoomFilter {
         source_channel_id: Some("even".into()),
         ..RoomFilter::default()
     };
-    assert_eq!(
-        store.list_rooms(&by_channel, 10, 0).await.expect("list").1,
-        4
-    );
+    assert_eq!(list(&store, &by_channel, 10, 0).await.1, 4);
     let by_status = RoomFilter {
         status: Some(R::Cancelled),
         ..RoomFilter::default()
     };
-    let (page, total) = store.list_rooms(&by_status, 10, 0).await.expect("list");
+    let (page, total) = list(&store, &by_status, 10, 0).await;
     assert_eq!((page[0].room_name.as_str(), total), ("r3", 1));
     let by_creator = RoomFilter {
         creator: Some("u2".into()),
         ..RoomFilter::default()
     };
-    assert_eq!(
-        store.list_rooms(&by_creator, 10, 0).await.expect("list").1,
-        1
-    );
+    assert_eq!(list(&store, &by_creator, 10, 0).await.1, 1);
     let by_uid = RoomFilter {
         uid: Some("guest5".into()),
         ..RoomFilter::default()
     };
-    let (page, total) = store.list_rooms(&by_uid, 10, 0).await.expect("list");
+    let (page, total) = list(&store, &by_uid, 10, 0).await;
     assert_eq!((page[0].room_name.as_str(), total), ("r5", 1));
 }
 
@@ -419,7 +441,11 @@ async fn timestamps_keep_milliseconds(pool: DbPool) {
         .create_room(&new_room("r1", "alice"), &[], at)
         .await
         .expect("create");
-    let state = store.load("r1").await.expect("load").expect("exists");
+    let state = store
+        .load("r1", Now::current())
+        .await
+        .expect("load")
+        .expect("exists");
     assert_eq!(state.room.created_at, at.at);
     assert_eq!(state.rows[0].join_time, 1_705_314_600_123);
 }
@@ -435,11 +461,8 @@ async fn sequential_calls_keep_one_connection_out_of_the_pool(pool: DbPool) {
         .create_room(&new_room("kept", "alice"), &[], now())
         .await
         .expect("create");
-    store.load("kept").await.expect("load");
-    store
-        .list_rooms(&RoomFilter::default(), 10, 0)
-        .await
-        .expect("list");
+    store.load("kept", Now::current()).await.expect("load");
+    list(&store, &RoomFilter::default(), 10, 0).await;
     // Let any connection handed back to the pool finish its release.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(pool.size(), 1, "one connection opened");
@@ -451,7 +474,7 @@ async fn sequential_calls_keep_one_connection_out_of_the_pool(pool: DbPool) {
 
     store.close().await;
     assert!(matches!(
-        store.load("kept").await,
+        store.load("kept", Now::current()).await,
         Err(ApiError::ServiceUnavailable(_))
     ));
 }

@@ -79,6 +79,7 @@ impl Run<'_> {
                     call_type: 1,
                     invite_on: i16::from(*invite_only),
                     max_participants: *max,
+                    limits: call_shared::model::CallLimits::default(),
                 };
                 let invitees = rules::invitees(&creator, &self.uids(invitees));
                 store
