@@ -74,7 +74,8 @@ cargo test -p call-shared --features embedded
 # cfn-lint with the serverless rules (the venv's, pinned; never a global one), the workflows
 # and Dependabot config (scripts/lint_workflows.sh: GitHub's schemas, actionlint with
 # shellcheck, zizmor's offline security audit), the template/router/crate consistency check
-# and its tests, then one arm64 release cross-build (zig), so a broken cross toolchain fails
+# and its tests, then one arm64 cross-build (zig; the release profile without its optimisation,
+# see Cargo.toml's cross-check), so a broken cross toolchain fails
 # here rather than in the deploy.
 log "deploy: cfn-lint template.yaml (serverless rules)"
 "$VENV/bin/cfn-lint" --template template.yaml --append-rules cfn_lint_serverless.rules
@@ -83,9 +84,9 @@ scripts/lint_workflows.sh
 log "deploy: template, Cargo.toml router and functions/ agree"
 "$VENV/bin/python" scripts/check_deploy_config.py
 "$VENV/bin/python" -m pytest tests/deploy -q
-log "deploy: arm64 release cross-build (health)"
+log "deploy: arm64 cross-build (health)"
 ensure_arm64_target
-"$VENV/bin/cargo-lambda" lambda build --release --arm64 --output-format zip -p health
+"$VENV/bin/cargo-lambda" lambda build --profile cross-check --arm64 --output-format zip -p health
 ls -l target/lambda/health/bootstrap.zip
 
 log "end-to-end: the local main job over HTTP"
