@@ -51,6 +51,21 @@ impl SweepReport {
     }
 }
 
+/// Writes down every deadline due at `now` (at most BATCH rooms, the longest overdue first),
+/// as the rules already show them on every read: then a list filtered by status counts and
+/// shows each room by the status it has now. Returns the rooms changed and those closed.
+pub async fn write_down_deadlines(app: &App, now: Now) -> Result<(usize, usize), ApiError> {
+    let (mut changed, mut closed) = (0, 0);
+    for room in app.store.rooms_due(now, BATCH).await? {
+        let result = app.store.apply_due(&room, now).await?;
+        changed += usize::from(result.changed);
+        closed += usize::from(result.finalised);
+        app.after_change(&room, result.changed, result.finalised)
+            .await;
+    }
+    Ok((changed, closed))
+}
+
 /// One invocation of the sweeper: a sweep, then (with SWEEP_LOOP_SECONDS) another at the top
 /// of every following second until that long has passed. A failed sweep (the database away)
 /// is logged and the next second tries again.
@@ -87,14 +102,7 @@ fn before(now: Now, span: Duration) -> Now {
 
 pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
     let mut report = SweepReport::default();
-
-    for room in app.store.rooms_due(now, BATCH).await? {
-        let result = app.store.apply_due(&room, now).await?;
-        report.deadlines_applied += usize::from(result.changed);
-        report.rooms_closed += usize::from(result.finalised);
-        app.after_change(&room, result.changed, result.finalised)
-            .await;
-    }
+    (report.deadlines_applied, report.rooms_closed) = write_down_deadlines(app, now).await?;
 
     if app.livekit.has_server() {
         let running = app

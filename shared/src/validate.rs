@@ -97,6 +97,7 @@ pub fn page(
         None => LIMIT_DEFAULT,
         Some(text) => in_range("limit", integer("limit", text)?, 1, LIMIT_MAX)?,
     };
+    let offset_given = offset.is_some();
     let offset = match offset {
         None => 0,
         Some(text) => in_range("offset", integer("offset", text)?, 0, i64::from(i32::MAX))?,
@@ -107,7 +108,7 @@ pub fn page(
                 .ok_or_else(|| ApiError::invalid("cursor is not one this service gave out"))
         })
         .transpose()?;
-    if before_id.is_some() && offset > 0 {
+    if before_id.is_some() && offset_given {
         return Err(ApiError::invalid("use either offset or cursor, not both"));
     }
     Ok(Page {
@@ -172,6 +173,7 @@ mod tests {
             })
         );
         assert!(page(None, Some("10"), Some(&cursor)).is_err());
+        assert!(page(None, Some("0"), Some(&cursor)).is_err());
         assert!(page(None, None, Some("42")).is_err(), "not one we gave out");
         assert!(page(None, None, Some("i-1")).is_err());
     }

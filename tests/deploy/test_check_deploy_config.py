@@ -40,7 +40,11 @@ def edit(path: Path, old: str, new: str) -> None:
 def test_the_real_files_agree():
     found, counts = check_deploy_config.check(ROOT)
     assert found == []
-    assert counts == {"functions": 14, "routes": 12}
+    crates = sorted(m.parent.name for m in (ROOT / "functions").glob("*/Cargo.toml"))
+    # Every crate is a function; all but the two scheduled ones (migrate, ring-timeout) serve
+    # one route each.
+    assert "health" in crates and "migrate" in crates and "ring-timeout" in crates
+    assert counts == {"functions": len(crates), "routes": len(crates) - 2}
 
 
 def test_the_copy_agrees_before_any_change(copy: Path):

@@ -11,6 +11,7 @@ mod livekit;
 
 mod availability;
 mod cache;
+mod calls_on_record;
 mod concurrency;
 mod handlers_input;
 mod handlers_participants;
