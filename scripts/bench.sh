@@ -2,16 +2,22 @@
 # The benchmark, separate from the tests: builds every function binary and the harness
 # (bench/), measures them on this machine against the real MariaDB and Redis, and rewrites
 # BENCHMARKS.md: binary sizes, init time, warm latency against the raw SQL, database round
-# trips, peak memory and a bounded concurrent load, each beside DESIGN's target.
+# trips, peak memory and a bounded concurrent load, each beside DESIGN's target; then the read
+# endpoints on 1,000,000 rooms beside 1,000 (with EXPLAIN of their SQL) and the ring-out lag of
+# the local main job's sweeper (issue 10).
 #   scripts/bench.sh            full run: arm64 cross build and native release build of every
 #                               function, then about a minute of measuring
-#   scripts/bench.sh --smoke    every phase with tiny counts on a debug build of the five
+#   scripts/bench.sh --smoke    every phase with tiny counts on a debug build of the seven
 #                               functions it drives, no thresholds; report to $BENCH_OUT or a
 #                               temporary file, BENCHMARKS.md untouched (scripts/test.sh runs it)
-# Extra arguments go to the harness (e.g. --rounds 100 --workers 4; see bench/src/main.rs).
-# Needs MariaDB on 127.0.0.1:3306 (root, no password; the run recreates its own database,
-# call_bench or call_bench_smoke) and Redis on 127.0.0.1:6379; BENCH_MYSQL_URL (server
-# without a database) and BENCH_REDIS_URL point elsewhere. Everything runs on 127.0.0.1.
+# Extra arguments go to the harness (e.g. --rounds 100 --workers 4, --only scale,ringout,
+# --scale-reuse to keep the 1,000,000-room database of an earlier run; see bench/src/main.rs).
+# Needs MariaDB on 127.0.0.1:3306 (root, no password; the run recreates its own databases:
+# call_bench, call_bench_scale, call_bench_small, call_bench_ringout, or the same with _smoke;
+# loading the 1,000,000 rooms takes a few minutes) and Redis on 127.0.0.1:6379; BENCH_MYSQL_URL
+# (server without a database) and BENCH_REDIS_URL point elsewhere. Everything runs on
+# 127.0.0.1. The ring-out phase starts scripts/dev.sh on MariaDB, which builds the workspace in
+# debug (its own build) before it serves.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -38,10 +44,10 @@ for port in 3306 6379; do
 done
 
 # Every function package (as a per-function deploy builds it); the smoke run needs only the
-# five its warm, round-trip and load phases drive.
+# five its warm, round-trip and load phases drive and the three reads of the scale phase.
 names=()
 if [ "$mode" = smoke ]; then
-    names=(create-room get-room join-room list-rooms leave-room)
+    names=(create-room get-room join-room list-rooms leave-room user-calls user-ringing)
 else
     for manifest in functions/*/Cargo.toml; do
         names+=("$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)")

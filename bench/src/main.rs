@@ -4,7 +4,9 @@
 //! Phases: binary sizes; init time (exec to the first Runtime API poll); warm latency of each
 //! endpoint through a local Runtime API, interleaved with the same I/O done raw; database
 //! round trips per endpoint; peak memory; a bounded concurrent load through a local gateway,
-//! then the transactions still open on the bench database (0: every refusal rolled back).
+//! then the transactions still open on the bench database (0: every refusal rolled back);
+//! the read endpoints on 1,000,000 rooms beside 1,000 with EXPLAIN of their SQL (scale.rs);
+//! the ring-out lag of the local main job's sweeper (ringout.rs).
 //! `--smoke` runs every phase with tiny counts and no thresholds (the test command uses it).
 
 mod counting;
@@ -13,7 +15,9 @@ mod gateway;
 mod http;
 mod raw;
 mod report;
+mod ringout;
 mod runtime_api;
+mod scale;
 mod stats;
 
 use std::collections::HashMap;
@@ -74,9 +78,22 @@ pub struct Options {
     pub database: String,
     /// The phases to run (all by default); with a subset, absent binaries are skipped.
     pub only: Option<Vec<String>>,
+    /// Rooms of the scale phase's large and small data sets.
+    pub scale_rooms: u64,
+    pub small_rooms: u64,
+    pub scale_rounds: usize,
+    pub scale_warmup: usize,
+    /// Timed runs of each list statement sent before migration 0003.
+    pub old_runs: usize,
+    /// Keep scale databases an earlier run loaded with the same shape instead of reloading.
+    pub scale_reuse: bool,
+    /// Invites of the ring-out phase.
+    pub ringout_calls: usize,
 }
 
-pub const PHASES: &[&str] = &["sizes", "init", "warm", "counts", "load"];
+pub const PHASES: &[&str] = &[
+    "sizes", "init", "warm", "counts", "load", "scale", "ringout",
+];
 
 impl Options {
     fn runs(&self, phase: &str) -> bool {
@@ -90,7 +107,9 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench [--smoke] [--bin-dir DIR] [--out FILE] [--command TEXT] [--build-secs S]\n\
          \x20            [--starts N] [--rounds N] [--count-rounds N] [--workers N] [--cycles N]\n\
-         \x20            [--time-limit SECS] [--only sizes,init,warm,counts,load]\n\
+         \x20            [--time-limit SECS] [--scale-rooms N] [--small-rooms N]\n\
+         \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--ringout-calls N]\n\
+         \x20            [--only sizes,init,warm,counts,load,scale,ringout]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
     );
@@ -135,6 +154,13 @@ fn parse_args() -> Options {
         }
         .to_owned(),
         only: None,
+        scale_rooms: if smoke { 2_000 } else { 1_000_000 },
+        small_rooms: if smoke { 200 } else { 1_000 },
+        scale_rounds: if smoke { 3 } else { 200 },
+        scale_warmup: if smoke { 1 } else { 10 },
+        old_runs: if smoke { 2 } else { 5 },
+        scale_reuse: false,
+        ringout_calls: if smoke { 4 } else { 40 },
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -152,6 +178,12 @@ fn parse_args() -> Options {
             "--workers" => o.workers = number(value()),
             "--cycles" => o.cycles = number(value()),
             "--time-limit" => o.time_limit = Duration::from_secs(number(value()) as u64),
+            "--scale-rooms" => o.scale_rooms = number(value()) as u64,
+            "--small-rooms" => o.small_rooms = number(value()) as u64,
+            "--scale-rounds" => o.scale_rounds = number(value()),
+            "--old-runs" => o.old_runs = number(value()),
+            "--scale-reuse" => o.scale_reuse = true,
+            "--ringout-calls" => o.ringout_calls = number(value()),
             "--only" => {
                 let phases: Vec<String> = value().split(',').map(str::to_owned).collect();
                 if phases.iter().any(|p| !PHASES.contains(&p.as_str())) {
@@ -201,6 +233,8 @@ fn function_names(root: &Path) -> Result<Vec<String>, String> {
 
 struct Ctx {
     opts: Options,
+    /// `scheme://user@host:port` of the server, without a database.
+    server: String,
     db_url: String,
     proxy_db_url: Box<dyn Fn(&str) -> String>,
     db_addr: String,
@@ -212,6 +246,11 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The URL of another database on the bench server (TLS off, as for the bench database).
+    fn server_url(&self, database: &str) -> String {
+        format!("{}/{database}?ssl-mode=disabled", self.server)
+    }
+
     fn env(&self, database_url: &str, rate_limits: bool) -> FunctionEnv {
         let mut vars: Vec<(String, String)> = [
             ("DATABASE_URL", database_url),
@@ -416,6 +455,7 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
     // TLS off: the counting proxy reads the protocol, and loopback TLS would only add noise
     // (the functions and the raw queries use the same URL either way).
     let db_url = format!("{before_host}{db_addr}/{}?ssl-mode=disabled", opts.database);
+    let server = format!("{before_host}{db_addr}");
     let database = opts.database.clone();
     let proxy_db_url =
         Box::new(move |proxy: &str| format!("{before_host}{proxy}/{database}?ssl-mode=disabled"));
@@ -441,6 +481,7 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
     let ctx = Ctx {
         prefix: format!("b{run_id}"),
         opts,
+        server,
         db_url,
         proxy_db_url,
         db_addr,
@@ -495,6 +536,20 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         results.leftovers = outcome.leftovers;
         results.open_transactions = outcome.open_transactions;
     }
+    if ctx.opts.runs("scale") {
+        log(format!(
+            "scale: {} rooms beside {}",
+            ctx.opts.scale_rooms, ctx.opts.small_rooms
+        ));
+        results.scale = Some(scale::run(&ctx).await?);
+    }
+    if ctx.opts.runs("ringout") {
+        log(format!(
+            "ring-out lag: {} invites on the local main job",
+            ctx.opts.ringout_calls
+        ));
+        results.ringout = Some(ringout::run(&ctx).await?);
+    }
     results.finish();
 
     let text = report::render(&results);
@@ -524,6 +579,32 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         return Err(format!(
             "{} transactions still open on {} after the load: {:?}",
             open.count, ctx.opts.database, open.detail
+        ));
+    }
+    // A full scan on the large data set fails the run; a smoke run's tables are so small that
+    // the optimizer may rightly prefer one, so it only reports them.
+    if let Some(scale) = &results.scale
+        && !ctx.opts.smoke
+    {
+        let scans = scale.full_scans();
+        if !scans.is_empty() {
+            return Err(format!(
+                "EXPLAIN shows a full table scan on {} rooms: {}",
+                scale.big.rooms,
+                scans
+                    .iter()
+                    .map(|e| format!("{} ({}): {}", e.request, e.part, e.sql))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+    }
+    if let Some(ring) = &results.ringout
+        && (ring.missing > 0 || !ring.wrong.is_empty())
+    {
+        return Err(format!(
+            "ring-out: {} of {} invites never rung out, {:?} ended otherwise",
+            ring.missing, ring.calls, ring.wrong
         ));
     }
     Ok(ctx.opts.out.clone())

@@ -77,7 +77,8 @@ pub const UPDATE_ROOM: &str = "UPDATE call_room SET status = ?, updated_at = ?, 
 pub const UPDATE_PARTICIPANT: &str = "UPDATE call_participant SET status = ?, join_time = ?, leave_time = ?, \
                  updated_at = ?, reason = ?, invited_at = ?, ring_deadline = ?, \
                  ring_seconds = ?, talk_seconds = ? WHERE id = ?";
-const ROOM_COLUMNS: &str = room_columns!();
+pub const ROOM_COLUMNS: &str = room_columns!();
+pub const PARTICIPANT_COLUMNS: &str = participant_columns!();
 /// A default ring timeout: a room at 0 that nobody rings closes after it.
 const RING_TIMEOUT: chrono::Duration = chrono::Duration::seconds(60);
 pub const UID_FILTER: &str = " WHERE 1 = 1 AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ?)";
@@ -443,11 +444,11 @@ async fn update_room(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The store's source, whatever its module layout (`store.rs` or `store/*.rs`).
-    fn store_source() -> String {
+    pub(crate) fn store_source() -> String {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src");
         let mut files = vec![src.join("store.rs")];
         if let Ok(dir) = std::fs::read_dir(src.join("store")) {
@@ -467,7 +468,7 @@ mod tests {
     }
 
     /// Whitespace-insensitive containment, since the store splits long strings over lines.
-    fn has(haystack: &str, needle: &str) -> bool {
+    pub(crate) fn has(haystack: &str, needle: &str) -> bool {
         let squash = |s: &str| {
             s.replace("\\\n", " ")
                 .split_whitespace()

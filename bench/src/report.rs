@@ -12,6 +12,10 @@ pub const INIT_LIMIT_US: f64 = 3000.0;
 pub const RSS_LIMIT_BYTES: u64 = 12_000_000;
 pub const RATIO_LIMIT: f64 = 1.5;
 pub const JOIN_STATEMENT_LIMIT: u64 = 5;
+/// Issue 10: each read at 1,000,000 rooms within 2× of its figure at 1,000 rooms.
+pub const SCALE_RATIO_LIMIT: f64 = 2.0;
+/// Issue 10: a ring-out written down within 2 s of its deadline on the local main job.
+pub const RINGOUT_LIMIT_US: f64 = 2_000_000.0;
 
 #[derive(Debug, Clone)]
 pub struct SizeRow {
@@ -93,6 +97,139 @@ pub struct MemoryRow {
     pub invocations: usize,
 }
 
+/// One data set of the scale phase, as loaded and checked.
+#[derive(Debug, Clone, Default)]
+pub struct DataSet {
+    pub database: String,
+    pub rooms: i64,
+    pub participants: i64,
+    /// Ordinary uids the rows are spread over.
+    pub uids: i64,
+    pub heavy_uids: i64,
+    /// Rows of the sampled typical uid and of one heavy uid.
+    pub typical_rows: i64,
+    pub heavy_rows: i64,
+    /// Rooms per status, counted from the rows.
+    pub statuses: Vec<(i16, i64)>,
+    /// room_count (64 shards) equals the rooms per status and shard.
+    pub counts_match: bool,
+    pub load_secs: f64,
+    /// Kept from an earlier run (`--scale-reuse`), not loaded by this one.
+    pub reused: bool,
+    pub data_mb: f64,
+    pub index_mb: f64,
+}
+
+/// One read at both sizes.
+#[derive(Debug, Clone)]
+pub struct ScaleRow {
+    pub query: String,
+    pub big: Summary,
+    pub small: Summary,
+}
+
+impl ScaleRow {
+    pub fn ratio(&self) -> f64 {
+        self.big.median / self.small.median
+    }
+}
+
+/// One table read in a plan, from EXPLAIN FORMAT=JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Access {
+    pub table: String,
+    pub access_type: String,
+    pub key: Option<String>,
+    pub rows: Option<f64>,
+    /// A table whose size the schema fixes (room_count: 64 rows): read whole, it does not grow.
+    pub bounded: bool,
+}
+
+impl Access {
+    /// A full scan of a table that grows with the data.
+    pub fn full_scan(&self) -> bool {
+        self.access_type == "ALL" && !self.bounded
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExplainRow {
+    /// The request (a scale query title) and which of its statements.
+    pub request: String,
+    pub part: String,
+    pub sql: String,
+    pub accesses: Vec<Access>,
+}
+
+impl ExplainRow {
+    pub fn full_scan(&self) -> bool {
+        self.accesses.iter().any(Access::full_scan)
+    }
+}
+
+/// The list SQL sent before migration 0003 beside what replaced it, on the large data set.
+#[derive(Debug, Clone)]
+pub struct OldRow {
+    pub what: String,
+    /// Issue 10's figure for the old SQL on MariaDB 10.11 with 1,000,000 rooms.
+    pub before: &'static str,
+    pub old_sql: String,
+    pub old: Summary,
+    pub old_plan: String,
+    pub new_sql: String,
+    pub new: Summary,
+    pub new_plan: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScaleOutcome {
+    pub big: DataSet,
+    pub small: DataSet,
+    pub rounds: usize,
+    pub warmup: usize,
+    pub rows: Vec<ScaleRow>,
+    pub explains: Vec<ExplainRow>,
+    pub old: Vec<OldRow>,
+    pub old_runs: usize,
+}
+
+impl ScaleOutcome {
+    pub fn full_scans(&self) -> Vec<&ExplainRow> {
+        self.explains.iter().filter(|e| e.full_scan()).collect()
+    }
+}
+
+/// The ring-out lag on the local main job.
+#[derive(Debug, Clone)]
+pub struct RingoutOutcome {
+    pub database: String,
+    pub calls: usize,
+    pub ring_timeout_secs: u64,
+    pub sweep_interval_secs: u64,
+    pub poll_ms: u64,
+    pub stagger_secs: f64,
+    /// From starting scripts/dev.sh to its first 200 on /health.
+    pub startup_secs: f64,
+    /// Ring deadline → the answer of the first read that saw the row at status 4 (µs): an
+    /// upper bound of the lag.
+    pub observed: Summary,
+    /// Ring deadline → the sending of the read before it, which did not see it: a lower bound.
+    pub lower: Summary,
+    /// Invites never seen rung out.
+    pub missing: usize,
+    /// Rows that ended otherwise than status 4 (missed), reason timeout.
+    pub wrong: Vec<String>,
+}
+
+impl RingoutOutcome {
+    pub fn met(&self) -> bool {
+        self.missing == 0
+            && self.wrong.is_empty()
+            && self.observed.n > 0
+            && self.observed.p99 <= RINGOUT_LIMIT_US
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Machine {
     pub cpu: String,
@@ -158,6 +295,8 @@ pub struct Results {
     pub leftovers: Option<i64>,
     /// Transactions open on the bench database after the load (target 0).
     pub open_transactions: Option<OpenTransactions>,
+    pub scale: Option<ScaleOutcome>,
+    pub ringout: Option<RingoutOutcome>,
     pub elapsed_secs: f64,
     /// bench/ANALYSIS.md, appended as written: the profiling behind the figures.
     pub analysis: Option<String>,
@@ -226,6 +365,8 @@ impl Results {
             load_memory: Vec::new(),
             leftovers: None,
             open_transactions: None,
+            scale: None,
+            ringout: None,
             elapsed_secs: 0.0,
             load_avg: (load_avg(), String::new()),
             analysis: if opts.smoke {
@@ -377,8 +518,90 @@ impl Results {
                     .is_some_and(|o| o.count == 0),
             ));
         }
+        if let Some(scale) = &self.scale {
+            for row in &scale.rows {
+                out.push(Verdict::new(
+                    &format!(
+                        "{} at {} rooms ≤ 2× at {}",
+                        crate::scale::title(&row.query),
+                        thousands(scale.big.rooms),
+                        thousands(scale.small.rooms)
+                    ),
+                    format!(
+                        "{:.2}× ({} vs {}, medians)",
+                        row.ratio(),
+                        fmt_us(row.big.median),
+                        fmt_us(row.small.median)
+                    ),
+                    row.ratio() <= SCALE_RATIO_LIMIT,
+                ));
+            }
+            let scans = scale.full_scans();
+            out.push(Verdict::new(
+                &format!(
+                    "EXPLAIN at {} rooms: no full table scan (list, history, ringing)",
+                    thousands(scale.big.rooms)
+                ),
+                if scans.is_empty() {
+                    format!(
+                        "no table read with type ALL in {} statements{}",
+                        scale.explains.len(),
+                        if scale
+                            .explains
+                            .iter()
+                            .any(|e| e.accesses.iter().any(|a| a.bounded))
+                        {
+                            " (room_count's fixed 64 rows read whole for the unfiltered total)"
+                        } else {
+                            ""
+                        }
+                    )
+                } else {
+                    format!(
+                        "full scan in: {}",
+                        scans
+                            .iter()
+                            .map(|e| format!("{} ({})", e.request, e.part))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                scans.is_empty(),
+            ));
+        }
+        if let Some(ring) = &self.ringout {
+            out.push(Verdict::new(
+                "ring-out written within 2 s of the deadline (local main job, p99)",
+                format!(
+                    "p50 {}, p99 {}, max {} over {} invites{}",
+                    fmt_us(ring.observed.median),
+                    fmt_us(ring.observed.p99),
+                    fmt_us(ring.observed.max),
+                    ring.calls,
+                    if ring.missing > 0 {
+                        format!("; {} never rung out", ring.missing)
+                    } else {
+                        String::new()
+                    }
+                ),
+                ring.met(),
+            ));
+        }
         out
     }
+}
+
+/// 1000000 as "1,000,000".
+pub fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
 }
 
 pub struct Verdict {
@@ -511,6 +734,8 @@ pub fn render(r: &Results) -> String {
     render_counts(w, r);
     render_memory(w, r);
     render_load(w, r);
+    render_scale(w, r);
+    render_ringout(w, r);
     render_notes(w, r);
     if let Some(analysis) = &r.analysis {
         let _ = writeln!(w, "\n{}", analysis.trim_end());
@@ -997,6 +1222,338 @@ fn render_load(w: &mut String, r: &Results) {
     }
 }
 
+fn range_ms(s: &Summary) -> String {
+    if s.n == 0 {
+        return "–".to_owned();
+    }
+    if s.min == s.max {
+        return fmt_us(s.median);
+    }
+    format!(
+        "{}–{} (median {})",
+        fmt_us(s.min),
+        fmt_us(s.max),
+        fmt_us(s.median)
+    )
+}
+
+/// The SQL as the report shows it: the long column lists named, not spelled out.
+fn short_sql(sql: &str) -> String {
+    sql.replace(crate::raw::ROOM_COLUMNS, "‹room columns›")
+        .replace(crate::raw::PARTICIPANT_COLUMNS, "‹participant columns›")
+}
+
+fn table_name(alias: &str) -> String {
+    match alias {
+        "r" => "call_room r".to_owned(),
+        "p" => "call_participant p".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn plan(accesses: &[Access]) -> String {
+    if accesses.is_empty() {
+        return "no table read (the optimizer answered from the index lookups)".to_owned();
+    }
+    accesses
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: **{}** {}{}",
+                table_name(&a.table),
+                a.access_type,
+                a.key
+                    .as_deref()
+                    .map_or("no index".to_owned(), |k| format!("`{k}`")),
+                a.rows
+                    .map(|r| format!(", ~{r:.0} rows"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn render_scale(w: &mut String, r: &Results) {
+    let _ = writeln!(
+        w,
+        "\n## 7. Scale: list, history and ringing on a large data set\n"
+    );
+    let Some(scale) = &r.scale else {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    };
+    let (big, small) = (&scale.big, &scale.small);
+    let _ = writeln!(
+        w,
+        "Two databases of their own, {} and {} rooms, filled by set-based SQL from MariaDB's \
+         SEQUENCE engine (`INSERT … SELECT … FROM seq_<lo>_to_<hi>`, 50,000 rooms and their \
+         rows a statement, each its own transaction), so migration 0003's triggers count every \
+         room into `room_count` as production writes would; afterwards `room_count` is compared \
+         with the rooms per status and shard, then `ANALYZE TABLE`. Rooms span a year, newest \
+         last; the newest 0.1% are open (half ringing, with deadlines a day ahead so no read \
+         finds one passed, half running), three in four of the rest ended normally and one in \
+         four was cancelled (missed, declined, cancelled or busy, with the rows' statuses, \
+         reasons, ring and talk seconds to match). Two rows per room (creator, one invitee) \
+         spread over ordinary uids, about ten calls each; the invitee of every hundredth room (of \
+         a larger share in a small data set, so that a page of theirs is as full) is one of two \
+         heavy uids. Nothing is cached in MariaDB beyond its own buffer pool, which is smaller \
+         than the large data set here (see the sizes), so a request for a uid not read before \
+         may wait for pages from disk, as in production.\n",
+        thousands(big.rooms),
+        thousands(small.rooms)
+    );
+    let _ = writeln!(
+        w,
+        "| | {} rooms | {} rooms |",
+        thousands(big.rooms),
+        thousands(small.rooms)
+    );
+    let _ = writeln!(w, "|---|---|---|");
+    let by_status = |d: &DataSet| {
+        d.statuses
+            .iter()
+            .map(|(s, n)| format!("{s}: {}", thousands(*n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows: Vec<(&str, String, String)> = vec![
+        (
+            "database",
+            format!("`{}`", big.database),
+            format!("`{}`", small.database),
+        ),
+        ("rooms by status", by_status(big), by_status(small)),
+        (
+            "participant rows",
+            thousands(big.participants),
+            thousands(small.participants),
+        ),
+        (
+            "uids",
+            format!(
+                "{} ordinary + {} heavy",
+                thousands(big.uids),
+                big.heavy_uids
+            ),
+            format!(
+                "{} ordinary + {} heavy",
+                thousands(small.uids),
+                small.heavy_uids
+            ),
+        ),
+        (
+            "rows of the sampled typical uid / of a heavy uid",
+            format!("{} / {}", big.typical_rows, thousands(big.heavy_rows)),
+            format!("{} / {}", small.typical_rows, thousands(small.heavy_rows)),
+        ),
+        (
+            "`room_count` equals the rooms per status and shard",
+            yes(big.counts_match).to_owned(),
+            yes(small.counts_match).to_owned(),
+        ),
+        (
+            "data + indexes (information_schema)",
+            format!("{:.0} MB + {:.0} MB", big.data_mb, big.index_mb),
+            format!("{:.1} MB + {:.1} MB", small.data_mb, small.index_mb),
+        ),
+        (
+            "load (rooms, rows, ANALYZE, checks)",
+            load_text(big),
+            load_text(small),
+        ),
+    ];
+    for (what, b, s) in rows {
+        let _ = writeln!(w, "| {what} | {b} | {s} |");
+    }
+    let _ = writeln!(
+        w,
+        "\nThen one warm process each of list-rooms, user-calls and user-ringing per database \
+         (the warm phase's environment, Redis on), invoked through the local Runtime API with a \
+         service token; {} rounds after {} warm-up rounds, each round every request at both \
+         sizes, which size goes first alternating. Pages of {}. The typical uid, the heavy uid \
+         and the ringing uid change from round to round (a different history and invite each \
+         time, not one cached page). The deep page: one `?offset=` request reaches the middle \
+         of the unfiltered list (unmeasured), and each measured request asks for the page after \
+         the previous one's `next_cursor`, as a client pages on. Target: each p50 at {} rooms \
+         ≤ 2× its p50 at {}.\n",
+        scale.rounds,
+        scale.warmup,
+        crate::scale::PAGE,
+        thousands(big.rooms),
+        thousands(small.rooms)
+    );
+    let _ = writeln!(
+        w,
+        "| request | {s} p50 | {s} p99 | {b} p50 | {b} p99 | ratio (p50) | ≤ 2× |",
+        s = thousands(small.rooms),
+        b = thousands(big.rooms)
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---|");
+    for row in &scale.rows {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {:.2}× | {} |",
+            crate::scale::title(&row.query),
+            fmt_us(row.small.median),
+            fmt_us(row.small.p99),
+            fmt_us(row.big.median),
+            fmt_us(row.big.p99),
+            row.ratio(),
+            met(row.ratio() <= SCALE_RATIO_LIMIT)
+        );
+    }
+
+    let _ = writeln!(
+        w,
+        "\n**EXPLAIN** (`EXPLAIN FORMAT=JSON`, prepared with the same binds as a request of the \
+         rounds) of every statement those requests send, on the {} rooms: the access type of \
+         each table read. Target: no table read with type `ALL` (a full scan); the run fails \
+         when one is. `room_count` holds 64 rows whatever the data (4 statuses × 16 shards): \
+         reading it whole for the unfiltered total does not grow with the rooms and is shown, \
+         not counted. `index` is an index read in order that stops at the LIMIT.\n",
+        thousands(big.rooms)
+    );
+    let _ = writeln!(w, "| request | statement | plan | full scan |");
+    let _ = writeln!(w, "|---|---|---|---|");
+    for e in &scale.explains {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} |",
+            e.request,
+            e.part,
+            plan(&e.accesses),
+            if e.full_scan() { "**yes**" } else { "no" }
+        );
+    }
+    let _ = writeln!(w, "\n<details><summary>The statements</summary>\n");
+    for e in &scale.explains {
+        let _ = writeln!(w, "- {} ({}): `{}`", e.request, e.part, short_sql(&e.sql));
+    }
+    let _ = writeln!(w, "\n</details>");
+
+    if !scale.old.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n**The list SQL sent before** migration 0003 (a COUNT(*) over the rooms for every \
+             total, OFFSET for every page; `?offset=` still sends the page), timed on the same \
+             {} rooms over one connection ({} runs after one unmeasured run each), beside what \
+             replaced it, and beside the figures issue 10 gives for MariaDB 10.11 with 1,000,000 \
+             rooms and 2,000,000 rows.\n",
+            thousands(big.rooms),
+            scale.old_runs
+        );
+        let _ = writeln!(
+            w,
+            "| list-rooms | before (issue 10) | that SQL here | its plan | now | its plan |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|");
+        for o in &scale.old {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} |",
+                o.what,
+                o.before,
+                range_ms(&o.old),
+                o.old_plan,
+                range_ms(&o.new),
+                o.new_plan
+            );
+        }
+        let _ = writeln!(w, "\n<details><summary>The statements</summary>\n");
+        for o in &scale.old {
+            let _ = writeln!(
+                w,
+                "- {}: before `{}`; now `{}`",
+                o.what,
+                short_sql(&o.old_sql),
+                short_sql(&o.new_sql)
+            );
+        }
+        let _ = writeln!(w, "\n</details>");
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "**no**" }
+}
+
+fn load_text(d: &DataSet) -> String {
+    if d.reused {
+        format!(
+            "kept from an earlier run (`--scale-reuse`; checks {:.1} s)",
+            d.load_secs
+        )
+    } else {
+        format!("{:.1} s", d.load_secs)
+    }
+}
+
+fn render_ringout(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 8. Ring-out lag on the local main job\n");
+    let Some(ring) = &r.ringout else {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "The local main job started as a user starts it: `DATABASE_URL=mysql://…/{} \
+         scripts/dev.sh --reset` with `DEV_NO_RELOAD=1` and `SWEEP_INTERVAL_SECONDS={}` (every \
+         function under `cargo lambda watch`, its own debug build; the sweeper, ring-timeout, \
+         invoked through the Lambda invoke API every {} s), in a session of its own that is \
+         stopped at the end. Up in {:.0} s (build included). After one unmeasured invite (the \
+         functions' first invocations start their binaries), {} calls created over HTTP, each \
+         ringing one invitee for {} s (`ring_timeout_seconds`), spread evenly over {:.1} s so \
+         the deadlines fall at every point of the sweep's second. Another connection reads the \
+         invitees' rows every {} ms. **Lag** is from the stored `ring_deadline` to the answer of \
+         the first read that shows the row at status 4 (missed, reason timeout): an upper bound, \
+         late by up to one poll; the row's own `updated_at` cannot tell, since the sweep stamps \
+         it with the deadline (the instant the rule took effect). The **lower bound** is from \
+         the deadline to the sending of the read before, which did not see it yet. Reads \
+         already show a passed deadline the moment it passes; this is when the sweep writes it \
+         down. Target: within 2 s (p99 of the upper bound).\n",
+        ring.database,
+        ring.sweep_interval_secs,
+        ring.sweep_interval_secs,
+        ring.startup_secs,
+        ring.calls,
+        ring.ring_timeout_secs,
+        ring.stagger_secs,
+        ring.poll_ms
+    );
+    let _ = writeln!(
+        w,
+        "| | p50 | p90 | p99 | max | n |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (what, s) in [
+        ("lag: deadline → row read at status 4", &ring.observed),
+        ("lower bound: deadline → the read before", &ring.lower),
+    ] {
+        let _ = writeln!(
+            w,
+            "| {what} | {} | {} | {} | {} | {} |",
+            fmt_us(s.median),
+            fmt_us(s.p90),
+            fmt_us(s.p99),
+            fmt_us(s.max),
+            s.n
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\n| | |\n|---|---|\n| invites | {} |\n| never seen rung out (within 30 s of the last deadline) | {} |\n| within 2 s (p99) | {} |",
+        ring.calls,
+        ring.missing,
+        met(ring.met())
+    );
+    if !ring.wrong.is_empty() {
+        let _ = writeln!(w, "\nEnded otherwise than missed (timeout):\n");
+        for line in &ring.wrong {
+            let _ = writeln!(w, "- `{line}`");
+        }
+    }
+}
+
 /// Observations that follow from the figures themselves.
 fn render_notes(w: &mut String, r: &Results) {
     let _ = writeln!(w, "\n## Reading the figures\n");
@@ -1076,6 +1633,13 @@ mod tests {
             redis_url: String::new(),
             database: String::new(),
             only: None,
+            scale_rooms: 2000,
+            small_rooms: 200,
+            scale_rounds: 1,
+            scale_warmup: 0,
+            old_runs: 1,
+            scale_reuse: false,
+            ringout_calls: 1,
         }
     }
 
@@ -1232,6 +1796,121 @@ mod tests {
         assert!(!verdict(&r.verdicts(), "no transaction left open").met);
     }
 
+    fn data_set(rooms: i64) -> DataSet {
+        DataSet {
+            database: format!("db{rooms}"),
+            rooms,
+            participants: 2 * rooms,
+            uids: rooms / 5,
+            heavy_uids: 2,
+            typical_rows: 10,
+            heavy_rows: 50,
+            statuses: vec![(2, rooms)],
+            counts_match: true,
+            load_secs: 1.0,
+            reused: false,
+            data_mb: 1.0,
+            index_mb: 1.0,
+        }
+    }
+
+    fn access(table: &str, access_type: &str) -> Access {
+        Access {
+            table: table.to_owned(),
+            access_type: access_type.to_owned(),
+            key: None,
+            rows: Some(10.0),
+            bounded: table == "room_count",
+        }
+    }
+
+    #[test]
+    fn scale_ratios_and_full_scans_are_judged() {
+        let mut r = Results::new(&options(), &[]);
+        let explain = |table: &str, access_type: &str| ExplainRow {
+            request: "list-rooms, first page, no filter".into(),
+            part: "the page".into(),
+            sql: "SELECT 1".into(),
+            accesses: vec![access(table, access_type)],
+        };
+        r.scale = Some(ScaleOutcome {
+            big: data_set(1_000_000),
+            small: data_set(1_000),
+            rounds: 1,
+            warmup: 0,
+            rows: vec![
+                ScaleRow {
+                    query: "list_first".into(),
+                    big: fixed(1900.0),
+                    small: fixed(1000.0),
+                },
+                ScaleRow {
+                    query: "history_heavy".into(),
+                    big: fixed(2100.0),
+                    small: fixed(1000.0),
+                },
+            ],
+            explains: vec![explain("room_count", "ALL"), explain("r", "index")],
+            old: vec![],
+            old_runs: 1,
+        });
+        let v = r.verdicts();
+        assert!(
+            verdict(
+                &v,
+                "list-rooms, first page, no filter at 1,000,000 rooms ≤ 2× at 1,000"
+            )
+            .met
+        );
+        assert!(!verdict(&v, "user-calls, heavy uid at 1,000,000").met);
+        let scans = verdict(&v, "EXPLAIN at 1,000,000 rooms");
+        assert!(scans.met, "room_count's 64 rows are not a scan that grows");
+        assert!(scans.figure.contains("room_count's fixed 64 rows"));
+        let text = render(&r);
+        assert!(text.contains("## 7. Scale"));
+        assert!(text.contains(
+            "| user-calls, heavy uid | 1.00 ms | 1.00 ms | 2.10 ms | 2.10 ms | 2.10× | **missed** |"
+        ));
+        assert!(text.contains("room_count: **ALL** no index, ~10 rows | no |"));
+        if let Some(scale) = r.scale.as_mut() {
+            scale.explains.push(explain("p", "ALL"));
+        }
+        let v = r.verdicts();
+        assert!(!verdict(&v, "EXPLAIN at 1,000,000 rooms").met);
+        assert!(render(&r).contains("call_participant p: **ALL** no index, ~10 rows | **yes** |"));
+    }
+
+    #[test]
+    fn the_ringout_lag_is_judged_on_its_p99() {
+        let mut r = Results::new(&options(), &[]);
+        let mut ring = RingoutOutcome {
+            database: "call_bench_ringout".into(),
+            calls: 2,
+            ring_timeout_secs: 5,
+            sweep_interval_secs: 1,
+            poll_ms: 25,
+            stagger_secs: 4.0,
+            startup_secs: 20.0,
+            observed: summarize(&[400_000.0, 1_900_000.0]),
+            lower: summarize(&[380_000.0, 1_880_000.0]),
+            missing: 0,
+            wrong: vec![],
+        };
+        r.ringout = Some(ring.clone());
+        let v = r.verdicts();
+        assert!(verdict(&v, "ring-out written within 2 s").met);
+        assert!(render(&r).contains("| lag: deadline → row read at status 4 | 400.00 ms |"));
+        ring.missing = 1;
+        r.ringout = Some(ring.clone());
+        assert!(!verdict(&r.verdicts(), "ring-out written within 2 s").met);
+        ring.missing = 0;
+        ring.observed = summarize(&[400_000.0, 2_100_000.0]);
+        r.ringout = Some(ring);
+        assert!(!verdict(&r.verdicts(), "ring-out written within 2 s").met);
+        assert_eq!(thousands(1_000_000), "1,000,000");
+        assert_eq!(thousands(999), "999");
+    }
+
     #[test]
     fn the_report_names_its_command_and_marks_misses() {
         let mut r = Results::new(&options(), &[]);
@@ -1246,5 +1925,7 @@ mod tests {
         assert!(text.contains("| create-room ≤ 1.5× its raw I/O | 2.00× (2.00 ms vs 1.00 ms raw, medians) | **missed** |"));
         assert!(text.contains("## 2. Init time"));
         assert!(text.contains("Not run (`--only`)."));
+        assert!(text.contains("## 7. Scale"));
+        assert!(text.contains("## 8. Ring-out lag"));
     }
 }
