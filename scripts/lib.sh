@@ -21,4 +21,5 @@ ensure_arm64_target() {
     fi
 }
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Each step says when it starts (seconds since the script began), so a slow run shows where.
+log() { printf '\033[1m==> [%4ss] %s\033[0m\n' "$SECONDS" "$*" >&2; }

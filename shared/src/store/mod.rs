@@ -491,16 +491,7 @@ async fn settle_due_elsewhere(
          ON r.room_name = p.room_name WHERE p.status IN (0, 1) AND r.deadline <= ",
     );
     query.push_bind(now.at).push(" AND p.uid IN (");
-    let mut list = query.separated(", ");
-    for uid in uids {
-        list.push_bind(uid.clone());
-    }
-    query.push(")");
-    if let Some(room_name) = except {
-        query
-            .push(" AND p.room_name <> ")
-            .push_bind(room_name.to_owned());
-    }
+    push_uids_except(&mut query, uids, " AND p.room_name <> ", except);
     let rooms: Vec<String> = query.build_query_scalar().fetch_all(&mut **tx).await?;
     let mut changed = false;
     for room in rooms {
@@ -530,18 +521,27 @@ async fn live_uids(
     let mut query = QueryBuilder::<Db>::new(
         "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (",
     );
+    push_uids_except(&mut query, uids, " AND room_name <> ", except);
+    let found: Vec<String> = query.build_query_scalar().fetch_all(&mut **tx).await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Closes an open `uid IN (` with the uids' binds, then leaves out the room `except` names
+/// (`not_room` is its ` AND <column> <> ` text).
+fn push_uids_except(
+    query: &mut QueryBuilder<Db>,
+    uids: &[String],
+    not_room: &'static str,
+    except: Option<&str>,
+) {
     let mut list = query.separated(", ");
     for uid in uids {
         list.push_bind(uid.clone());
     }
     query.push(")");
     if let Some(room_name) = except {
-        query
-            .push(" AND room_name <> ")
-            .push_bind(room_name.to_owned());
+        query.push(not_room).push_bind(room_name.to_owned());
     }
-    let found: Vec<String> = query.build_query_scalar().fetch_all(&mut **tx).await?;
-    Ok(found.into_iter().collect())
 }
 
 fn push_filter(query: &mut QueryBuilder<Db>, filter: &RoomFilter) {

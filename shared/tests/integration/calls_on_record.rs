@@ -8,8 +8,8 @@
 //! an hour ago has passed every deadline it had when a handler reads it.
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use call_shared::handlers;
 use call_shared::http::msg;
@@ -21,15 +21,11 @@ use call_shared::store::{ActionResult, DbPool, NewRoom};
 use call_shared::sweeper::sweep;
 use call_shared::{ApiError, App};
 use lambda_http::{Body, Response};
-use livekit_protocol as proto;
-use prost::Message;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 
 use crate::common;
 use crate::events::{self, Api, Event, Reply, encode, reply, room_status, status_of};
-use crate::livekit::signed_webhook;
+use crate::livekit::{LiveKitStub, signed_webhook};
 
 // ---------------------------------------------------------------------------------------------
 // The clock, calls made through the store, and what the database holds.
@@ -252,140 +248,11 @@ fn row<'a>(rows: &'a Value, uid: &str) -> &'a Value {
 }
 
 // ---------------------------------------------------------------------------------------------
-// LiveKit's RoomService, answering RemoveParticipant too.
-
-/// A stand-in for LiveKit's RoomService that also answers RemoveParticipant: the shared stub
-/// in livekit.rs answers only DeleteRoom and ListRooms (anything else is a bare 404, which
-/// the service rightly counts as a failed removal). Records every call as
-/// (method, room, identity); `set_failing` turns every answer into a Twirp 503.
-#[derive(Clone)]
-struct RoomService {
-    url: String,
-    state: Arc<Mutex<RoomServiceState>>,
-}
-
-#[derive(Default)]
-struct RoomServiceState {
-    calls: Vec<(String, String, String)>,
-    failing: bool,
-}
-
-impl RoomService {
-    async fn start() -> RoomService {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let state = Arc::new(Mutex::new(RoomServiceState::default()));
-        let shared = state.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let (read, mut write) = stream.into_split();
-                    let mut reader = BufReader::new(read);
-                    while let Some((method, body)) = read_twirp(&mut reader).await {
-                        let (status, reply) = state.lock().expect("stub").answer(&method, &body);
-                        let head = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: application/protobuf\r\ncontent-length: {}\r\n\r\n",
-                            reply.len()
-                        );
-                        if write.write_all(head.as_bytes()).await.is_err()
-                            || write.write_all(&reply).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        RoomService { url, state }
-    }
-
-    /// (room, identity) of each call of `method`, in order.
-    fn calls(&self, method: &str) -> Vec<(String, String)> {
-        self.state
-            .lock()
-            .expect("stub")
-            .calls
-            .iter()
-            .filter(|(m, _, _)| m == method)
-            .map(|(_, room, uid)| (room.clone(), uid.clone()))
-            .collect()
-    }
-
-    fn removed(&self) -> Vec<(String, String)> {
-        self.calls("RemoveParticipant")
-    }
-
-    fn deleted(&self) -> Vec<String> {
-        self.calls("DeleteRoom")
-            .into_iter()
-            .map(|(room, _)| room)
-            .collect()
-    }
-
-    fn set_failing(&self, failing: bool) {
-        self.state.lock().expect("stub").failing = failing;
-    }
-}
-
-impl RoomServiceState {
-    fn answer(&mut self, method: &str, body: &[u8]) -> (&'static str, Vec<u8>) {
-        let (room, identity) = match method {
-            "RemoveParticipant" => proto::RoomParticipantIdentity::decode(body)
-                .map(|r| (r.room, r.identity))
-                .unwrap_or_default(),
-            "DeleteRoom" => proto::DeleteRoomRequest::decode(body)
-                .map(|r| (r.room, String::new()))
-                .unwrap_or_default(),
-            _ => Default::default(),
-        };
-        self.calls.push((method.to_owned(), room, identity));
-        if self.failing {
-            return (
-                "503 Service Unavailable",
-                br#"{"code":"unavailable","msg":"down"}"#.to_vec(),
-            );
-        }
-        let reply = match method {
-            "RemoveParticipant" => proto::RemoveParticipantResponse::default().encode_to_vec(),
-            "DeleteRoom" => proto::DeleteRoomResponse::default().encode_to_vec(),
-            "ListRooms" => proto::ListRoomsResponse::default().encode_to_vec(),
-            _ => return ("404 Not Found", Vec::new()),
-        };
-        ("200 OK", reply)
-    }
-}
-
-/// One Twirp request: the method (the path's last segment) and the protobuf body.
-async fn read_twirp<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: &mut R,
-) -> Option<(String, Vec<u8>)> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.ok()? == 0 {
-        return None;
-    }
-    let path = line.split_whitespace().nth(1)?.to_owned();
-    let mut length = 0usize;
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).await.ok()?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        let (name, value) = header.split_once(':')?;
-        if name.eq_ignore_ascii_case("content-length") {
-            length = value.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0u8; length];
-    reader.read_exact(&mut body).await.ok()?;
-    Some((path.rsplit('/').next()?.to_owned(), body))
-}
+// LiveKit's RoomService.
 
 /// An App that talks to the RoomService stub (LIVEKIT_URL set).
-async fn app_with_livekit(pool: DbPool) -> (App, RoomService) {
-    let stub = RoomService::start().await;
+async fn app_with_livekit(pool: DbPool) -> (App, LiveKitStub) {
+    let stub = LiveKitStub::start().await;
     let app = common::app_with(pool, &[("LIVEKIT_URL", stub.url.as_str())]);
     (app, stub)
 }

@@ -81,8 +81,24 @@ pub async fn assert_nothing_held(pool: &DbPool) {
             "SELECT id FROM call_room FOR UPDATE",
             "SELECT id FROM call_participant FOR UPDATE",
         ] {
-            if let Err(err) = other.execute(sql).await {
-                panic!("another instance cannot lock the rows ({sql}): {err}");
+            // A deadlock (1213) means a request still in flight locked rows in the other
+            // order; a transaction left open waits for nothing and so can never deadlock, it
+            // shows as a lock-wait timeout (1205). Try the scan again after a deadlock.
+            let mut attempt = 0;
+            loop {
+                match other.execute(sql).await {
+                    Ok(_) => break,
+                    Err(sqlx::Error::Database(db))
+                        if attempt < 50
+                            && db
+                                .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                                .is_some_and(|e| e.number() == 1213) =>
+                    {
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    Err(err) => panic!("another instance cannot lock the rows ({sql}): {err}"),
+                }
             }
         }
     }

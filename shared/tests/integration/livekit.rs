@@ -15,8 +15,10 @@ use tokio::net::TcpListener;
 pub struct Call {
     /// e.g. `DeleteRoom`
     pub method: String,
-    /// The room a DeleteRoom named, or the names a ListRooms asked about.
+    /// The room a DeleteRoom or RemoveParticipant named, or the names a ListRooms asked about.
     pub rooms: Vec<String>,
+    /// The identity a RemoveParticipant named; empty for the other methods.
+    pub identity: String,
     pub authorized: bool,
 }
 
@@ -27,7 +29,8 @@ struct State {
     failing: bool,
 }
 
-/// Answers RoomService DeleteRoom and ListRooms over HTTP/1.1 with protobuf bodies.
+/// Answers RoomService DeleteRoom, ListRooms and RemoveParticipant over HTTP/1.1 with protobuf
+/// bodies; any other method is a bare 404.
 #[derive(Clone)]
 pub struct LiveKitStub {
     pub url: String,
@@ -74,6 +77,15 @@ impl LiveKitStub {
             .into_iter()
             .filter(|c| c.method == "DeleteRoom")
             .flat_map(|c| c.rooms)
+            .collect()
+    }
+
+    /// (room, identity) of every RemoveParticipant, in order.
+    pub fn removed(&self) -> Vec<(String, String)> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == "RemoveParticipant")
+            .map(|c| (c.rooms.concat(), c.identity))
             .collect()
     }
 
@@ -126,18 +138,22 @@ fn answer(
 ) -> (&'static str, Vec<u8>) {
     let mut state = state.lock().expect("stub state");
     let method = path.rsplit('/').next().unwrap_or_default().to_owned();
-    let rooms = match method.as_str() {
+    let (rooms, identity) = match method.as_str() {
         "DeleteRoom" => proto::DeleteRoomRequest::decode(body)
-            .map(|r| vec![r.room])
+            .map(|r| (vec![r.room], String::new()))
             .unwrap_or_default(),
         "ListRooms" => proto::ListRoomsRequest::decode(body)
-            .map(|r| r.names)
+            .map(|r| (r.names, String::new()))
             .unwrap_or_default(),
-        _ => Vec::new(),
+        "RemoveParticipant" => proto::RoomParticipantIdentity::decode(body)
+            .map(|r| (vec![r.room], r.identity))
+            .unwrap_or_default(),
+        _ => Default::default(),
     };
     state.calls.push(Call {
         method: method.clone(),
         rooms: rooms.clone(),
+        identity,
         authorized,
     });
     if state.failing {
@@ -150,6 +166,10 @@ fn answer(
         "DeleteRoom" => (
             "200 OK",
             proto::DeleteRoomResponse::default().encode_to_vec(),
+        ),
+        "RemoveParticipant" => (
+            "200 OK",
+            proto::RemoveParticipantResponse::default().encode_to_vec(),
         ),
         "ListRooms" => {
             let open = rooms
