@@ -74,9 +74,10 @@ cargo test -p call-shared --features embedded
 # cfn-lint with the serverless rules (the venv's, pinned; never a global one), the workflows
 # and Dependabot config (scripts/lint_workflows.sh: GitHub's schemas, actionlint with
 # shellcheck, zizmor's offline security audit), the template/router/crate consistency check
-# and its tests, then one arm64 cross-build (zig; the release profile without its optimisation,
-# see Cargo.toml's cross-check), so a broken cross toolchain fails
-# here rather than in the deploy.
+# and its tests, then one arm64 cross-build (zig, ring's C code for aarch64), so a broken
+# cross toolchain fails here rather than in the deploy. It uses the dev profile: its build
+# scripts and proc macros are the ones the tests above already compiled for this host, and a
+# release build only adds optimisation (scripts/bench.sh builds every function that way).
 log "deploy: cfn-lint template.yaml (serverless rules)"
 "$VENV/bin/cfn-lint" --template template.yaml --append-rules cfn_lint_serverless.rules
 log "deploy: workflows (schema, actionlint, zizmor)"
@@ -86,7 +87,7 @@ log "deploy: template, Cargo.toml router and functions/ agree"
 "$VENV/bin/python" -m pytest tests/deploy -q
 log "deploy: arm64 cross-build (health)"
 ensure_arm64_target
-"$VENV/bin/cargo-lambda" lambda build --profile cross-check --arm64 --output-format zip -p health
+"$VENV/bin/cargo-lambda" lambda build --arm64 --output-format zip -p health
 ls -l target/lambda/health/bootstrap.zip
 
 log "end-to-end: the local main job over HTTP"

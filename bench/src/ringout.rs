@@ -304,7 +304,7 @@ pub async fn run(ctx: &Ctx) -> Result<RingoutOutcome, String> {
     let stagger = Duration::from_millis(if ctx.opts.smoke { 1000 } else { 4000 });
     let port = free_port()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let job_url = format!("{}/{database}", ctx.opts.mysql_url);
+    let job_url = format!("{}/{database}", ctx.server);
     log(format!(
         "ringout: DATABASE_URL={job_url} PORT={port} scripts/dev.sh --reset (builds the workspace first)"
     ));
