@@ -87,6 +87,9 @@ pub struct Options {
     pub old_runs: usize,
     /// Keep scale databases an earlier run loaded with the same shape instead of reloading.
     pub scale_reuse: bool,
+    /// InnoDB buffer pool (MB) for the scale rounds, the data sets read into it first; the
+    /// server's own size is restored afterwards. None: the server as configured, cold.
+    pub scale_pool_mb: Option<u64>,
     /// Invites of the ring-out phase.
     pub ringout_calls: usize,
 }
@@ -108,7 +111,8 @@ fn usage() -> ! {
         "usage: bench [--smoke] [--bin-dir DIR] [--out FILE] [--command TEXT] [--build-secs S]\n\
          \x20            [--starts N] [--rounds N] [--count-rounds N] [--workers N] [--cycles N]\n\
          \x20            [--time-limit SECS] [--scale-rooms N] [--small-rooms N]\n\
-         \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--ringout-calls N]\n\
+         \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--scale-pool-mb N|0]\n\
+         \x20            [--ringout-calls N]\n\
          \x20            [--only sizes,init,warm,counts,load,scale,ringout]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
@@ -160,6 +164,7 @@ fn parse_args() -> Options {
         scale_warmup: if smoke { 1 } else { 10 },
         old_runs: if smoke { 2 } else { 5 },
         scale_reuse: false,
+        scale_pool_mb: if smoke { None } else { Some(1024) },
         ringout_calls: if smoke { 4 } else { 40 },
     };
     let mut it = args.iter();
@@ -183,6 +188,10 @@ fn parse_args() -> Options {
             "--scale-rounds" => o.scale_rounds = number(value()),
             "--old-runs" => o.old_runs = number(value()),
             "--scale-reuse" => o.scale_reuse = true,
+            "--scale-pool-mb" => {
+                let mb = number(value()) as u64;
+                o.scale_pool_mb = (mb > 0).then_some(mb);
+            }
             "--ringout-calls" => o.ringout_calls = number(value()),
             "--only" => {
                 let phases: Vec<String> = value().split(',').map(str::to_owned).collect();

@@ -654,6 +654,137 @@ pub async fn run(ctx: &Ctx) -> Result<ScaleOutcome, String> {
         small.rooms, small.participants, small.load_secs
     ));
 
+    let pool = match ctx.opts.scale_pool_mb {
+        Some(mb) => Some(set_pool(ctx, mb, &[big_db, small_db]).await?),
+        None => None,
+    };
+    let measured = measure_rounds(ctx, [big_db, small_db], [big_spec, small_spec]).await;
+    if let Some((_, was, _)) = pool {
+        restore_pool(ctx, was).await;
+    }
+    let rows = measured?;
+
+    let mut conn = MySqlConnection::connect(&ctx.server_url(big_db))
+        .await
+        .map_err(db)?;
+    log("scale: EXPLAIN of the requests' SQL, and the list SQL sent before");
+    let explains = explain_all(&mut conn, big_spec).await?;
+    let old_runs = ctx.opts.old_runs.max(1);
+    let old = old_style(&mut conn, big_spec, old_runs).await?;
+    let _ = conn.close().await;
+    Ok(ScaleOutcome {
+        big,
+        small,
+        rounds: ctx.opts.scale_rounds,
+        warmup: ctx.opts.scale_warmup,
+        rows,
+        explains,
+        old,
+        old_runs,
+        pool,
+    })
+}
+
+/// Sets the buffer pool to `mb` and reads every table and index of `databases` into it;
+/// answers (mb, the server's size in MB before, seconds the reading took).
+async fn set_pool(ctx: &Ctx, mb: u64, databases: &[&str]) -> Result<(u64, u64, f64), String> {
+    let mut conn = MySqlConnection::connect(&ctx.server_url(databases[0]))
+        .await
+        .map_err(db)?;
+    let was: u64 = sqlx::query_scalar("SELECT @@GLOBAL.innodb_buffer_pool_size")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(db)?;
+    let was_mb = was / (1024 * 1024);
+    log(format!(
+        "scale: buffer pool {was_mb} MB -> {mb} MB for the rounds, data sets read in"
+    ));
+    exec(
+        &mut conn,
+        format!("SET GLOBAL innodb_buffer_pool_size = {}", mb * 1024 * 1024),
+    )
+    .await?;
+    // The resize runs in the background; wait until the server reports the new size.
+    for _ in 0..300 {
+        let now: u64 = sqlx::query_scalar("SELECT @@GLOBAL.innodb_buffer_pool_size")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(db)?;
+        let status: Option<(String, String)> =
+            sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Innodb_buffer_pool_resize_status'")
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(db)?;
+        let busy = status.is_some_and(|(_, s)| !s.is_empty() && !s.contains("ompleted"));
+        if now == mb * 1024 * 1024 && !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = Instant::now();
+    for database in databases {
+        for (table, index) in POOL_READS {
+            exec(
+                &mut conn,
+                format!("SELECT COUNT(*) FROM {database}.{table} FORCE INDEX ({index})"),
+            )
+            .await?;
+        }
+        // The rows themselves: the clustered index (a plain SUM would read a covering one).
+        exec(
+            &mut conn,
+            format!(
+                "SELECT SUM(LENGTH(room_name)) FROM {database}.call_participant FORCE INDEX (PRIMARY)"
+            ),
+        )
+        .await?;
+        exec(
+            &mut conn,
+            format!(
+                "SELECT SUM(LENGTH(room_name)) FROM {database}.call_room FORCE INDEX (PRIMARY)"
+            ),
+        )
+        .await?;
+    }
+    let _ = conn.close().await;
+    Ok((mb, was_mb, started.elapsed().as_secs_f64()))
+}
+
+/// Every index the measured reads use.
+const POOL_READS: &[(&str, &str)] = &[
+    ("call_participant", "ix_participant_uid_id"),
+    ("call_participant", "uq_room_uid"),
+    ("call_participant", "uq_live_uid"),
+    ("call_room", "uq_room_name"),
+    ("call_room", "ix_room_status_id"),
+];
+
+async fn restore_pool(ctx: &Ctx, mb: u64) {
+    let restored = async {
+        let mut conn = MySqlConnection::connect(&ctx.server_url("mysql"))
+            .await
+            .map_err(db)?;
+        exec(
+            &mut conn,
+            format!("SET GLOBAL innodb_buffer_pool_size = {}", mb * 1024 * 1024),
+        )
+        .await?;
+        let _ = conn.close().await;
+        Ok::<(), String>(())
+    };
+    if let Err(e) = restored.await {
+        log(format!(
+            "scale: could not restore the buffer pool to {mb} MB: {e}"
+        ));
+    }
+}
+
+/// The interleaved rounds: p50/p99 of each read at both sizes.
+async fn measure_rounds(
+    ctx: &Ctx,
+    [big_db, small_db]: [&str; 2],
+    [big_spec, small_spec]: [Spec; 2],
+) -> Result<Vec<ScaleRow>, String> {
     let mut sets = [
         readers(ctx, big_db, big_spec, 30).await?,
         readers(ctx, small_db, small_spec, 31).await?,
@@ -687,25 +818,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScaleOutcome, String> {
         })
         .collect();
     drop(sets);
-
-    let mut conn = MySqlConnection::connect(&ctx.server_url(big_db))
-        .await
-        .map_err(db)?;
-    log("scale: EXPLAIN of the requests' SQL, and the list SQL sent before");
-    let explains = explain_all(&mut conn, big_spec).await?;
-    let old_runs = ctx.opts.old_runs.max(1);
-    let old = old_style(&mut conn, big_spec, old_runs).await?;
-    let _ = conn.close().await;
-    Ok(ScaleOutcome {
-        big,
-        small,
-        rounds,
-        warmup,
-        rows,
-        explains,
-        old,
-        old_runs,
-    })
+    Ok(rows)
 }
 
 #[derive(Debug, Clone)]
