@@ -194,12 +194,7 @@ async fn the_production_store_serves_every_kind_of_request_on_its_kept_connectio
         (1, 1),
         "{report:?}"
     );
-    let state = app
-        .store
-        .load("r1", Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let state = common::loaded_now(&app, "r1").await;
     assert!(state.room.status.is_final(), "{:?}", state.room);
     let took = started.elapsed();
     println!("refusal, sweep and read on one kept connection: {took:?}");

@@ -41,6 +41,16 @@ pub fn app_with(pool: DbPool, extra: &[(&str, &str)]) -> App {
     App::with_store(config(extra), Store::from_pool(pool)).expect("test app")
 }
 
+/// The room as a request would see it now (deadlines applied), read through the store; the
+/// room must exist.
+pub async fn loaded_now(app: &App, room: &str) -> call_shared::rules::CallState {
+    app.store
+        .load(room, call_shared::model::Now::current())
+        .await
+        .expect("load")
+        .unwrap_or_else(|| panic!("room {room} exists"))
+}
+
 pub fn service_token(app: &App) -> String {
     app.auth.mint("test-backend", true, 600).expect("mint")
 }

@@ -350,12 +350,7 @@ async fn concurrent_joins_never_exceed_max_participants(pool: DbPool) {
         r.err(409, "room_full");
     }
     assert_eq!(admitted, 2, "alice plus two more make three");
-    let state = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let state = common::loaded_now(&app, "r1").await;
     let joined = state.rows.iter().filter(|p| p.status.code() == 1).count();
     assert_eq!(joined, 3);
 }
@@ -1066,12 +1061,7 @@ async fn participant_status_to_the_same_value_answers_200_unchanged(pool: DbPool
         .await;
     assert_eq!(r.ok("更新参与者状态成功")["status"], 0);
     assert_eq!(participant(app.store.pool(), "r1", "bob").await, before);
-    let state = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let state = common::loaded_now(&app, "r1").await;
     let bob = state.rows.iter().find(|p| p.uid == "bob").expect("bob");
     assert_eq!(
         bob.updated_at, bob.created_at,

@@ -85,12 +85,7 @@ async fn create_room_writes_the_room_not_started_with_its_fields(pool: DbPool) {
     api.create(&api.service(), &seed_create_body())
         .await
         .ok("房间创建成功");
-    let state = app
-        .store
-        .load("meeting_001", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room exists");
+    let state = common::loaded_now(&app, "meeting_001").await;
     let room = &state.room;
     assert_eq!(room.source_channel_id, "channel_123");
     assert_eq!(room.source_channel_type, 0);
@@ -109,12 +104,7 @@ async fn create_room_treats_max_participants_zero_as_two(pool: DbPool) {
         .open_with(json!({ "room_name": "r1", "creator": "alice", "max_participants": 0 }))
         .await;
     assert_eq!(data["max_participants"], 2);
-    let state = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let state = common::loaded_now(&app, "r1").await;
     assert_eq!(state.room.max_participants, 2);
 }
 
@@ -915,21 +905,11 @@ async fn update_room_status_to_the_same_value_changes_nothing(pool: DbPool) {
     let app = common::app(pool);
     let api = Api::new(&app);
     api.open("r1", "alice", &["bob"]).await;
-    let before = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let before = common::loaded_now(&app, "r1").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = api.set_room_status(&api.service(), "r1", 0).await;
     assert_eq!(r.ok("更新房间状态成功")["status"], 0);
-    let after = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let after = common::loaded_now(&app, "r1").await;
     assert_eq!(after.room, before.room);
     assert_eq!(after.rows, before.rows);
 }
@@ -1048,21 +1028,11 @@ async fn end_room_again_answers_200_and_changes_nothing(pool: DbPool) {
     let api = Api::new(&app);
     api.open("r1", "alice", &["bob"]).await;
     api.ended("r1").await;
-    let before = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let before = common::loaded_now(&app, "r1").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = api.end(&api.service(), "r1").await;
     assert_eq!(r.ok("结束房间成功")["status"], 3);
-    let after = app
-        .store
-        .load("r1", call_shared::model::Now::current())
-        .await
-        .expect("load")
-        .expect("room");
+    let after = common::loaded_now(&app, "r1").await;
     assert_eq!(after.room, before.room);
     assert_eq!(after.rows, before.rows);
 }
