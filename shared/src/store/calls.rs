@@ -53,7 +53,9 @@ impl Store {
             } else {
                 &[]
             },
-            live_conflict: Some(uid),
+            // A join that meets the uid's live row elsewhere is refused; a ring again that
+            // does is retried, and the next attempt records the uid as busy.
+            live_conflict: (action == Action::Join).then_some(uid),
             teardown: true,
             now,
         };

@@ -554,6 +554,54 @@ async fn the_sweep_against_an_answer_keeps_one_order(pool: DbPool) {
     assert_invariants(&pool).await;
 }
 
+/// A ring again (PUT 0) checks whether the uid is live elsewhere before it writes, so a uid
+/// that starts ringing in another call in between meets the live-uid index only at the write.
+/// That is the same busy uid, found late: it is recorded as busy (5), as when the check finds
+/// it, never refused with participant_in_call (which only a join answers).
+#[cfg(not(feature = "embedded"))]
+#[allow(clippy::disallowed_methods)] // the test holds the other call's row from a connection of its own
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn ringing_again_a_uid_that_starts_ringing_elsewhere_meanwhile_records_it_busy(pool: DbPool) {
+    use sqlx::Connection;
+    let stores = instances(&pool, 2);
+    for (name, creator) in [("x", "cx"), ("y", "cy")] {
+        stores[0]
+            .create_room(&room(name, creator, 2, 0), &[], Now::current())
+            .await
+            .expect("create");
+    }
+    // Another instance rings bob in x and has not committed yet: y's check cannot see it.
+    let mut other = pool.acquire().await.expect("connection");
+    let mut ringing_elsewhere = other.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO call_participant (room_name, uid, status, created_at, updated_at) \
+         VALUES ('x', 'bob', 0, NOW(3), NOW(3))",
+    )
+    .execute(&mut *ringing_elsewhere)
+    .await
+    .expect("bob rings in x");
+    let store = stores[1].clone();
+    let ring_again = tokio::spawn(async move {
+        store
+            .participant_action("y", "bob", Action::RingAgain, Now::current(), anyone)
+            .await
+    });
+    // y's write waits on the unique live-uid entry until x's transaction ends.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ringing_elsewhere.commit().await.expect("commit x");
+    let result = ring_again
+        .await
+        .expect("task")
+        .expect("ring again answers 200");
+    println!(
+        "ring again against a ring elsewhere committed meanwhile: status {:?}",
+        result.participant.status
+    );
+    assert_eq!(result.participant.status, P::Busy);
+    assert_eq!(status_of(&stores[0], "x", "bob").await, Some(P::Ringing));
+    assert_invariants(&pool).await;
+}
+
 /// Two transactions that each hold one row and then ask for the other's: InnoDB kills one
 /// with a deadlock (1213), and a lock wait past `innodb_lock_wait_timeout` fails with 1205.
 /// Both real errors must be the ones the store retries before answering 503.
