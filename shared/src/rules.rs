@@ -904,6 +904,34 @@ mod tests {
     }
 
     #[test]
+    fn a_room_livekit_finished_or_lost_ends_as_gone_from_livekit() {
+        // Running: joined rows hang up, ringing ones miss the call.
+        let mut running = call(&["bob", "carol"]);
+        act(&mut running, "bob", Action::Join, secs(1));
+        assert!(end(&mut running, E::GoneFromLivekit, secs(61)));
+        assert_eq!(
+            (running.room.status, running.room.end_reason),
+            (R::Ended, Some(E::GoneFromLivekit))
+        );
+        assert_eq!(
+            (status_of(&running, "carol"), reason_of(&running, "carol")),
+            (Some(P::Missed), Some(W::CallEnded))
+        );
+        assert_eq!(running.room.duration_seconds, 60);
+        // Never started: cancelled, invites cancelled.
+        let mut ringing = call(&["bob"]);
+        assert!(end(&mut ringing, E::GoneFromLivekit, secs(1)));
+        assert_eq!(
+            (ringing.room.status, ringing.room.end_reason),
+            (R::Cancelled, Some(E::GoneFromLivekit))
+        );
+        assert_eq!(
+            (status_of(&ringing, "bob"), reason_of(&ringing, "bob")),
+            (Some(P::Cancelled), Some(W::Cancelled))
+        );
+    }
+
+    #[test]
     fn ending_a_final_room_changes_nothing() {
         let mut state = call(&["bob"]);
         end(&mut state, E::EndedByApi, now(1));

@@ -1146,16 +1146,28 @@ def test_path_names_round_trip(service, names, clean_after, kind):
     assert started["room_name"] == room and started["status"] == 1, (where, started)
     invited = req("POST", f"/api/rooms/{q(room)}/invite", {"uids": [uid]}).data
     assert [(r["room_name"], r["uid"], r["status"]) for r in invited] == [(room, uid, 0)], where
+    ringing = req("GET", f"/api/users/{q(uid)}/ringing", as_uid=uid).data
+    assert [(r["room_name"], r["caller"]) for r in ringing] == [(room, creator)], (where, ringing)
+    # A second invitee with the same kind of name, taken out again through /remove.
+    gone = names(PATH_NAMES[kind] + "_zoë")
+    req("POST", f"/api/rooms/{q(room)}/invite", {"uids": [gone]})
+    removed = req("POST", f"/api/rooms/{q(room)}/participants/{q(gone)}/remove",
+                  as_uid=creator).data
+    assert (removed["room_name"], removed["uid"], removed["status"], removed["reason"]) == (
+        room, gone, 3, "removed"), (where, removed)
     joined = req("PUT", f"/api/rooms/{q(room)}/participants/{q(uid)}/status", {"status": 1},
                  as_uid=uid).data
     assert (joined["room_name"], joined["uid"], joined["status"]) == (room, uid, 1), where
     people = req("GET", f"/api/rooms/{q(room)}/participants", as_uid=uid).data
     assert {(p["room_name"], p["uid"], p["status"]) for p in people} == {
-        (room, creator, 1), (room, uid, 1)}, (where, people)
-    assert state(service.db, room) == (1, {creator: 1, uid: 1}), where
+        (room, creator, 1), (room, uid, 1), (room, gone, 3)}, (where, people)
+    assert state(service.db, room) == (1, {creator: 1, uid: 1, gone: 3}), where
     ended = req("POST", f"/api/rooms/{q(room)}/end", as_uid=creator).data
     assert ended["room_name"] == room and ended["status"] == 2, (where, ended)
-    assert state(service.db, room) == (2, {creator: 3, uid: 3}), where
+    assert state(service.db, room) == (2, {creator: 3, uid: 3, gone: 3}), where
+    calls = req("GET", f"/api/users/{q(uid)}/calls", as_uid=uid).data["calls"]
+    assert [(c["room_name"], c["creator"], c["direction"]) for c in calls] == [
+        (room, creator, "incoming")], (where, calls)
     # Nothing under the encoded or twice-decoded name.
     others = sorted({q(room), unquote(room), q(uid), unquote(uid)} - {room, uid})
     if others:
@@ -1187,6 +1199,10 @@ def test_bad_path_segment_is_400(service, names, clean_after, segment):
         ("POST", f"/api/rooms/{bad}/invite", {"uids": ["u1"]}),
         ("PUT", f"/api/rooms/{bad}/participants/u1/status", {"status": 1}),
         ("PUT", f"/api/rooms/{q}/participants/{bad}/status", {"status": 1}),
+        ("POST", f"/api/rooms/{bad}/participants/u1/remove", None),
+        ("POST", f"/api/rooms/{q}/participants/{bad}/remove", None),
+        ("GET", f"/api/users/{bad}/ringing", None),
+        ("GET", f"/api/users/{bad}/calls", None),
     ):
         reply = service.request(method, path, body)
         error(reply, 400, "invalid_parameters", f"{segment}: {method} {path} "

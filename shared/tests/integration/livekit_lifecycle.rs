@@ -429,6 +429,27 @@ async fn the_sweeper_rings_out_unanswered_invites(pool: DbPool) {
     assert_eq!(stub.deleted(), vec!["r1".to_string()]);
 }
 
+/// In AWS the scheduler invokes the sweeper once a minute and it keeps sweeping once a second
+/// for SWEEP_LOOP_SECONDS: an invite that rings out during the loop is written down within a
+/// second of its deadline, by the same invocation.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn one_sweeper_invocation_sweeps_every_second_for_its_loop(pool: DbPool) {
+    let (app, _stub) = app_with_livekit(
+        pool.clone(),
+        &[("SWEEP_LOOP_SECONDS", "3"), ("RING_TIMEOUT_SECONDS", "1")],
+    )
+    .await;
+    Api::new(&app).open("r1", "alice", &["bob"]).await;
+    let started = std::time::Instant::now();
+    let report = call_shared::sweeper::run(&app).await;
+    let took = started.elapsed();
+    println!("sweeper loop of 3 s: {} sweeps in {took:?}", report.sweeps);
+    assert_eq!((report.sweeps, report.failed_sweeps), (3, 0));
+    assert!(took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(4));
+    assert_eq!((report.deadlines_applied, report.rooms_closed), (1, 1));
+    assert_eq!(status_of(&pool, "r1", "bob").await, Some(4));
+}
+
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn a_group_call_keeps_running_when_one_invite_rings_out(pool: DbPool) {
     let (app, _stub) = app_with_livekit(pool.clone(), &[]).await;
