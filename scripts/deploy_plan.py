@@ -7,10 +7,16 @@ function only when something it is built from changed since that commit; every o
 keeps the exact S3 object the stack already points at, so its resources are unchanged and the
 change set touches only what changed. Nothing runs outside CloudFormation.
 
-    deploy_plan.py plan --deployed deployed.json [--all]      -> GITHUB_OUTPUT lines
+    deploy_plan.py plan --base COMMIT [--all]                 -> GITHUB_OUTPUT lines
     deploy_plan.py zip BOOTSTRAP OUT.zip                      -> a byte-reproducible zip
     deploy_plan.py package --deployed deployed.json --artifacts DIR --bucket B --prefix P \
                            --out packaged.json               -> uploads, writes the template
+
+The plan needs no AWS access: COMMIT is the commit of the last successful deploy run (empty
+when there is none: everything ships). The package step, which runs with the AWS role, checks
+the plan against what the stack really runs: a function the plan kept must be deployed from a
+commit it has not changed since, or the deploy stops (a deploy from outside this workflow, or a
+base the stack is not at) and asks for a run with `ship_all`.
 
 deployed.json is `aws cloudformation get-template --template-stage Original --query
 TemplateBody --output json` of the live stack, or `null` when there is none yet.
@@ -86,9 +92,13 @@ def why_ship(function: dict, deployed: dict[str, str]) -> str | None:
     match = KEY.search(uri)
     if match is None:
         return "deployed code has no commit in its key (a manual deploy?)"
-    commit = match["commit"]
+    return changed_since(function, match["commit"], "deployed commit")
+
+
+def changed_since(function: dict, commit: str, what: str) -> str | None:
+    """Why the function's inputs differ between `commit` and HEAD, or None when they do not."""
     if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
-        return f"deployed commit {commit[:12]} is not in this history"
+        return f"{what} {commit[:12]} is not in this history"
     inputs = [f"functions/{function['name']}", *SHARED_INPUTS]
     diff = git("diff", "--quiet", commit, "HEAD", "--", *inputs)
     if diff.returncode == 1:
@@ -99,10 +109,15 @@ def why_ship(function: dict, deployed: dict[str, str]) -> str | None:
 
 
 def plan(args: argparse.Namespace) -> int:
-    deployed = {} if args.all else deployed_code(Path(args.deployed))
+    base = args.base.strip()
     ship = []
     for function in functions():
-        reason = "every function asked for" if args.all else why_ship(function, deployed)
+        if args.all:
+            reason = "every function asked for"
+        elif not base:
+            reason = "no successful deploy yet"
+        else:
+            reason = changed_since(function, base, "last deployed commit")
         print(f"{function['name']}: {reason or 'unchanged, keeps its deployed code'}", file=sys.stderr)
         if reason:
             ship.append(function)
@@ -127,9 +142,23 @@ def package(args: argparse.Namespace) -> int:
     deployed = deployed_code(Path(args.deployed))
     template = load_template(ROOT / "template.yaml")
     resources = template["Resources"]
+    built = {f["name"]: Path(args.artifacts) / f"{f['name']}.zip" for f in functions()}
+    # Every function the plan kept must run current code before anything is uploaded.
     for function in functions():
         name, logical_id = function["name"], function["logical_id"]
-        artifact = Path(args.artifacts) / f"{name}.zip"
+        if built[name].is_file():
+            continue
+        if logical_id not in deployed:
+            print(f"{name}: neither built in this run nor deployed; run with ship_all", file=sys.stderr)
+            return 1
+        if (stale := why_ship(function, deployed)) is not None:
+            # The plan's base was not what the stack runs: deploying would keep old code.
+            print(f"{name}: not built in this run, but the stack's code is out of date "
+                  f"({stale}); run with ship_all", file=sys.stderr)
+            return 1
+    for function in functions():
+        name, logical_id = function["name"], function["logical_id"]
+        artifact = built[name]
         if artifact.is_file():
             digest = hashlib.sha256(artifact.read_bytes()).hexdigest()[:16]
             key = f"{args.prefix}/{name}/{head}-{digest}.zip"
@@ -141,12 +170,9 @@ def package(args: argparse.Namespace) -> int:
                 print(f"uploading {artifact} to {uri} failed", file=sys.stderr)
                 return 1
             print(f"{name}: ships {uri}", file=sys.stderr)
-        elif logical_id in deployed:
+        else:
             uri = deployed[logical_id]
             print(f"{name}: keeps {uri}", file=sys.stderr)
-        else:
-            print(f"{name}: neither built in this run nor deployed; run with --all", file=sys.stderr)
-            return 1
         resources[logical_id]["Properties"]["CodeUri"] = uri
     Path(args.out).write_text(json.dumps(template, indent=1) + "\n", encoding="utf-8")
     return 0
@@ -156,7 +182,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("plan", help="which functions to build and ship")
-    p.add_argument("--deployed", required=True)
+    p.add_argument("--base", required=True, help="commit of the last successful deploy ('' for none)")
     p.add_argument("--all", action="store_true", help="ship every function")
     z = commands.add_parser("zip", help="a reproducible zip of one bootstrap binary")
     z.add_argument("bootstrap")

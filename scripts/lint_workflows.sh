@@ -8,10 +8,12 @@
 #      every severity: any finding fails. Online audits are off (no network, no token).
 # A suppression, if ever needed, is a `# zizmor: ignore[rule]` comment on the flagged line
 # with a one-line reason on the line above it; there are none today.
+#
+#   scripts/lint_workflows.sh [DIR]   lints DIR/.github (default: this repository's)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
-cd "$ROOT"
 ensure_venv
+cd "${1:-$ROOT}"
 
 shopt -s nullglob
 workflows=(.github/workflows/*.yml .github/workflows/*.yaml)

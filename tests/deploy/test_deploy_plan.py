@@ -51,43 +51,54 @@ def deployed_stack(tmp_path: Path, commit_for: dict[str, str], default: str) -> 
     return path
 
 
-def test_without_a_stack_every_function_ships(tmp_path: Path):
-    (tmp_path / "deployed.json").write_text("null", encoding="utf-8")
-    plan = outputs(run("plan", "--deployed", str(tmp_path / "deployed.json")))
+ROOT_COMMIT = subprocess.run(
+    ["git", "rev-list", "--max-parents=0", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+    check=True,
+).stdout.split()[-1]
+
+
+def test_without_a_successful_deploy_every_function_ships():
+    result = run("plan", "--base", "")
+    plan = outputs(result)
     assert plan["any"] == "true"
     assert sorted(f["name"] for f in plan["functions"]) == CRATES
     assert {"name": "health", "logical_id": "HealthFunction"} in plan["functions"]
+    assert "health: no successful deploy yet" in result.stderr
 
 
-def test_a_stack_at_head_ships_nothing(tmp_path: Path):
-    plan = outputs(run("plan", "--deployed", str(deployed_stack(tmp_path, {}, HEAD))))
-    assert plan == {"functions": [], "any": "false"}
+def test_a_base_at_head_ships_nothing():
+    assert outputs(run("plan", "--base", HEAD)) == {"functions": [], "any": "false"}
 
 
-def test_only_functions_without_a_known_commit_ship(tmp_path: Path):
-    deployed = deployed_stack(tmp_path, {"health": UNKNOWN, "migrate": ""}, HEAD)
-    result = run("plan", "--deployed", str(deployed))
-    plan = outputs(result)
-    assert [f["name"] for f in plan["functions"]] == ["migrate", "health"]
-    assert "health: deployed commit 0123456789ab is not in this history" in result.stderr
-    assert "migrate: deployed code has no commit in its key" in result.stderr
+def test_functions_changed_since_the_base_ship():
+    result = run("plan", "--base", ROOT_COMMIT)
+    assert sorted(f["name"] for f in outputs(result)["functions"]) == CRATES
+    assert f"health: changed since {ROOT_COMMIT[:12]}" in result.stderr
 
 
-def test_all_ships_everything_even_at_head(tmp_path: Path):
-    plan = outputs(run("plan", "--deployed", str(deployed_stack(tmp_path, {}, HEAD)), "--all"))
+def test_a_base_outside_this_history_ships_everything():
+    result = run("plan", "--base", UNKNOWN)
+    assert sorted(f["name"] for f in outputs(result)["functions"]) == CRATES
+    assert "health: last deployed commit 0123456789ab is not in this history" in result.stderr
+
+
+def test_all_ships_everything_even_at_head():
+    plan = outputs(run("plan", "--base", HEAD, "--all"))
     assert sorted(f["name"] for f in plan["functions"]) == CRATES
 
 
 def test_a_yaml_stack_template_is_read_too(tmp_path: Path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    import deploy_plan
+
     body = (
         "Resources:\n  HealthFunction:\n    Type: AWS::Serverless::Function\n"
         f"    Properties:\n      CodeUri: s3://artifacts/call/health/{HEAD}-0123456789abcdef.zip\n"
         "      Role: !GetAtt FunctionRole.Arn\n"
     )
     (tmp_path / "deployed.json").write_text(json.dumps(body), encoding="utf-8")
-    plan = outputs(run("plan", "--deployed", str(tmp_path / "deployed.json")))
-    assert "health" not in [f["name"] for f in plan["functions"]]
-    assert sorted(f["name"] for f in plan["functions"]) == [c for c in CRATES if c != "health"]
+    code = deploy_plan.deployed_code(tmp_path / "deployed.json")
+    assert code == {"HealthFunction": f"s3://artifacts/call/health/{HEAD}-0123456789abcdef.zip"}
 
 
 def test_zips_are_reproducible_and_executable(tmp_path: Path):
@@ -120,7 +131,7 @@ def fake_aws(tmp_path: Path) -> tuple[dict, Path]:
 
 def test_package_ships_built_functions_and_keeps_the_rest(tmp_path: Path, fake_aws):
     env, calls = fake_aws
-    deployed = deployed_stack(tmp_path, {}, UNKNOWN)
+    deployed = deployed_stack(tmp_path, {"health": UNKNOWN}, HEAD)
     artifacts = tmp_path / "dist"
     artifacts.mkdir()
     (artifacts / "health.zip").write_bytes(b"zip bytes")
@@ -135,7 +146,7 @@ def test_package_ships_built_functions_and_keeps_the_rest(tmp_path: Path, fake_a
     shipped = f"s3://artifacts/call/health/{HEAD}-{digest}.zip"
     assert resources["HealthFunction"]["Properties"]["CodeUri"] == shipped
     assert resources["JoinRoomFunction"]["Properties"]["CodeUri"] == (
-        f"s3://artifacts/call/join-room/{UNKNOWN}-0123456789abcdef.zip"
+        f"s3://artifacts/call/join-room/{HEAD}-0123456789abcdef.zip"
     )
     # The rest of the template is the real one, intrinsics in their long form.
     assert resources["HealthFunction"]["Properties"]["Role"] == {"Fn::GetAtt": ["FunctionRole", "Arn"]}
@@ -154,3 +165,27 @@ def test_package_refuses_a_function_neither_built_nor_deployed(tmp_path: Path, f
     )
     assert result.returncode == 1
     assert "neither built in this run nor deployed" in result.stderr
+
+
+@pytest.mark.parametrize("deployed_from", [UNKNOWN, "manual"])
+def test_package_refuses_to_keep_code_the_plan_did_not_build_when_the_stack_is_behind(
+    tmp_path: Path, fake_aws, deployed_from: str
+):
+    """The plan trusted its base, but the stack runs join-room from another commit (or from a
+    key without one): keeping that code would deploy HEAD's template over old code."""
+    env, calls = fake_aws
+    deployed = deployed_stack(
+        tmp_path, {"join-room": "" if deployed_from == "manual" else UNKNOWN}, HEAD
+    )
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "health.zip").write_bytes(b"zip bytes")
+    result = run(
+        "package", "--deployed", str(deployed), "--artifacts", str(tmp_path / "dist"),
+        "--bucket", "artifacts", "--prefix", "call", "--out", str(tmp_path / "packaged.json"),
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "join-room: not built in this run, but the stack's code is out of date" in result.stderr
+    assert "run with ship_all" in result.stderr
+    assert not (tmp_path / "packaged.json").exists()
+    assert not calls.exists(), "nothing is uploaded when the deploy cannot go ahead"
