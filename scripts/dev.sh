@@ -11,7 +11,8 @@
 #
 # Environment: PORT (8080), HOST (127.0.0.1; 0.0.0.0 or :: to serve other machines, with the
 # development secrets: do not), DATABASE_URL (default: SQLite), REDIS_URL (unset: no cache),
-# SWEEP_INTERVAL_SECONDS (1; 0 turns the sweeper off), LAMBDA_CONCURRENCY (instances per
+# SWEEP_INTERVAL_SECONDS (1; 0 turns both sweepers off), EVENT_ENDPOINTS (where business
+# events are delivered: README "Business events"), LAMBDA_CONCURRENCY (instances per
 # function, 1), DEV_NO_RELOAD=1 (do not rebuild when the sources change), plus every setting
 # of the README's configuration table.
 set -euo pipefail
@@ -62,7 +63,8 @@ eval "$("$BIN/dev_tokens" user_002)"
 cat <<MSG
 
 Call service: http://$HOST:$PORT   (health: curl http://127.0.0.1:$PORT/health)
-Database: $BACKEND   Redis: ${REDIS_URL:-off}   Sweeper: every ${SWEEP_INTERVAL_SECONDS}s
+Database: $BACKEND   Redis: ${REDIS_URL:-off}   Sweepers: every ${SWEEP_INTERVAL_SECONDS}s
+Business events: ${EVENT_ENDPOINTS:+delivered to EVENT_ENDPOINTS}${EVENT_ENDPOINTS:-the pull feed only (GET /api/events); set EVENT_ENDPOINTS to deliver them}
 
 Service token (acts for any uid):
   export TOKEN=$SERVICE_TOKEN
@@ -87,18 +89,22 @@ WATCH_PID=$!
 SWEEP_PID=
 trap 'kill $SWEEP_PID $WATCH_PID 2>/dev/null || true; wait' EXIT INT TERM
 
-# The sweeper, invoked through the Lambda invoke API like EventBridge's schedule invokes it in
-# AWS: one long-lived ring-timeout process with its own connection.
+# The sweepers, invoked through the Lambda invoke API like EventBridge's schedules invoke them
+# in AWS, each on a loop of its own (a slow event endpoint never delays a ring-out): one
+# long-lived ring-timeout process and one deliver-events process, each with its connection.
 if [ "$SWEEP_INTERVAL_SECONDS" != "0" ]; then
     invoke_host="$HOST"
     case "$HOST" in 0.0.0.0 | :: | "[::]") invoke_host=127.0.0.1 ;; esac
     case "$invoke_host" in *:*) invoke_host="[$invoke_host]" ;; esac
-    (
+    schedule() {
         while sleep "$SWEEP_INTERVAL_SECONDS"; do
-            curl -s -o /dev/null --max-time 30 -X POST -d '{}' \
-                "http://$invoke_host:$PORT/2015-03-31/functions/ring-timeout/invocations" || true
+            curl -s -o /dev/null --max-time 60 -X POST -d '{}' \
+                "http://$invoke_host:$PORT/2015-03-31/functions/$1/invocations" || true
         done
-    ) &
+    }
+    schedule ring-timeout &
     SWEEP_PID=$!
+    schedule deliver-events &
+    SWEEP_PID="$SWEEP_PID $!"
 fi
 wait "$WATCH_PID"

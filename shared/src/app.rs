@@ -3,6 +3,7 @@
 use crate::auth::{Auth, Caller};
 use crate::cache::Cache;
 use crate::config::{Config, ConfigError};
+use crate::delivery::{Deliverer, DeliveryReport, Mode};
 use crate::error::ApiError;
 use crate::livekit::LiveKit;
 use crate::store::Store;
@@ -13,6 +14,8 @@ pub struct App {
     pub cache: Cache,
     pub livekit: LiveKit,
     pub auth: Auth,
+    /// Business events to the configured endpoints.
+    pub delivery: Deliverer,
 }
 
 /// What a rate limit counts.
@@ -39,7 +42,12 @@ impl App {
 
     pub fn with_store(config: Config, store: Store) -> Result<App, ConfigError> {
         crate::livekit::install_tls_provider();
-        let store = store.with_teardown(config.livekit_url.is_some());
+        let store = store
+            .with_teardown(config.livekit_url.is_some())
+            .with_event_endpoints(
+                &config.event_endpoints,
+                crate::delivery::grace(&config.delivery),
+            );
         let cache =
             Cache::new(config.redis_url.as_deref()).map_err(|e| ConfigError::Malformed {
                 name: "REDIS_URL",
@@ -48,6 +56,7 @@ impl App {
         Ok(App {
             livekit: LiveKit::new(&config),
             auth: Auth::new(&config.auth_jwt_secret),
+            delivery: Deliverer::new(&config),
             store,
             cache,
             config,
@@ -73,16 +82,34 @@ impl App {
         }
     }
 
-    /// After a commit that touched a room: drop its cached copy and, when the change made the
-    /// room final, ask LiveKit to delete it. A LiveKit failure is logged and left to the
-    /// sweeper; it never undoes or delays the state change beyond the call's timeout.
+    /// After a commit that touched a room: drop its cached copy, deliver the change's events
+    /// (within the request's budget) and, when the change made the room final, ask LiveKit
+    /// to delete it. A LiveKit or endpoint failure is logged and left to the sweepers; it
+    /// never undoes or delays the state change beyond its timeout or budget.
     pub async fn after_change(&self, room_name: &str, changed: bool, finalised: bool) {
+        self.after_commit(room_name, changed, finalised).await;
+        if changed {
+            self.deliver_events(&[room_name.to_owned()]).await;
+        }
+    }
+
+    /// [`App::after_change`] without the events, for a caller that delivers several rooms'
+    /// events under one budget.
+    pub async fn after_commit(&self, room_name: &str, changed: bool, finalised: bool) {
         if changed {
             self.cache.forget_room(room_name).await;
         }
         if finalised {
             self.tear_down(room_name).await;
         }
+    }
+
+    /// First attempts for the rooms' new events, all within one request's budget.
+    pub async fn deliver_events(&self, rooms: &[String]) -> DeliveryReport {
+        let budget = self.delivery.settings().inline_budget;
+        self.delivery
+            .deliver(&self.store, rooms, Mode::Inline, budget)
+            .await
     }
 
     /// DeleteRoom for a final room, then forget its pending teardown.

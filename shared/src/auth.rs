@@ -98,6 +98,14 @@ impl Caller {
     }
 
     /// Invite, end and the room status PUT belong to the room's creator.
+    /// Service callers only (the event feed, event details, redelivery).
+    pub fn must_be_service(&self) -> Result<(), ApiError> {
+        match self {
+            Caller::Service { .. } => Ok(()),
+            Caller::User { .. } => Err(ApiError::Forbidden),
+        }
+    }
+
     pub fn may_manage(&self, creator: &str) -> Result<(), ApiError> {
         self.may_act_as(creator)
     }

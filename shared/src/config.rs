@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use sha2::Digest;
+
+use crate::model::EventType;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
     #[error("{0} is required (set it, or run the local main job with APP_ENV=local)")]
@@ -19,6 +24,8 @@ pub struct Secrets {
     pub livekit_api_key: Option<String>,
     pub livekit_api_secret: Option<String>,
     pub auth_jwt_secret: Option<String>,
+    /// The JSON of EVENT_ENDPOINTS (the secret's key `event_endpoints`).
+    pub event_endpoints: Option<String>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -48,6 +55,75 @@ pub struct Config {
     pub sweep_loop: Option<Duration>,
     pub rate_limits: RateLimits,
     pub secrets_arn: Option<String>,
+    /// Where business events are delivered (EVENT_ENDPOINTS); empty: the pull feed only.
+    pub event_endpoints: Vec<EventEndpoint>,
+    pub delivery: DeliverySettings,
+}
+
+/// One receiver of business events: its URL, its Standard Webhooks signing key and the
+/// event types it wants (None: all).
+#[derive(Clone, PartialEq)]
+pub struct EventEndpoint {
+    /// A short stable name for the URL (what the delivery tables store).
+    pub key: String,
+    pub url: String,
+    /// The signing key: the base64 after `whsec_`, decoded.
+    pub secret: Vec<u8>,
+    pub types: Option<Vec<EventType>>,
+}
+
+impl EventEndpoint {
+    pub fn wants(&self, event_type: EventType) -> bool {
+        self.types
+            .as_ref()
+            .is_none_or(|types| types.contains(&event_type))
+    }
+}
+
+impl std::fmt::Debug for EventEndpoint {
+    // The signing key never reaches logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventEndpoint")
+            .field("key", &self.key)
+            .field("url", &self.url)
+            .field("types", &self.types)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How business events are delivered and kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliverySettings {
+    /// One attempt's time limit (connect, send, answer).
+    pub timeout: Duration,
+    /// What one API request may spend on first attempts after its commit, all endpoints
+    /// together; what does not fit is left to the sweeper.
+    pub inline_budget: Duration,
+    /// The pause after the first failure; it doubles with each further one, up to `retry_max`,
+    /// and each pause is jittered down by up to half.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long an event is retried before it is given up.
+    pub retry_window: Duration,
+    /// Failures in a row after which an endpoint gets no attempts inside API requests, until
+    /// a retry by the sweeper succeeds.
+    pub failures_before_pause: u32,
+    /// Delivered (or given-up) events are purged after this long.
+    pub retention: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            timeout: Duration::from_secs(5),
+            inline_budget: Duration::from_millis(300),
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            retry_window: Duration::from_secs(25 * 3600),
+            failures_before_pause: 3,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -154,6 +230,44 @@ impl Config {
             });
         }
 
+        let event_endpoints = match secrets.event_endpoints.or_else(|| get("EVENT_ENDPOINTS")) {
+            Some(json) => parse_event_endpoints(&json)?,
+            None => Vec::new(),
+        };
+        let millis =
+            |name: &'static str, default: Duration, min: u64| -> Result<Duration, ConfigError> {
+                let ms = number(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+                if ms < min {
+                    return Err(ConfigError::Malformed {
+                        name,
+                        reason: format!("must be at least {min}"),
+                    });
+                }
+                Ok(Duration::from_millis(ms))
+            };
+        let defaults = DeliverySettings::default();
+        let delivery = DeliverySettings {
+            timeout: millis("EVENT_TIMEOUT_MS", defaults.timeout, 10)?,
+            inline_budget: millis("EVENT_INLINE_BUDGET_MS", defaults.inline_budget, 0)?,
+            retry_base: millis("EVENT_RETRY_BASE_MS", defaults.retry_base, 1)?,
+            retry_max: millis("EVENT_RETRY_MAX_MS", defaults.retry_max, 1)?,
+            retry_window: Duration::from_secs(number(
+                "EVENT_RETRY_WINDOW_SECONDS",
+                defaults.retry_window.as_secs(),
+            )?),
+            failures_before_pause: rate(
+                "EVENT_FAILURES_BEFORE_PAUSE",
+                defaults.failures_before_pause.into(),
+            )?,
+            retention: Duration::from_secs(
+                number(
+                    "EVENT_RETENTION_DAYS",
+                    defaults.retention.as_secs() / 86_400,
+                )?
+                .saturating_mul(86_400),
+            ),
+        };
+
         Ok(Config {
             local,
             database_url,
@@ -187,8 +301,80 @@ impl Config {
                 invite_per_min: rate("RATE_LIMIT_INVITE_PER_MIN", 60)?,
             },
             secrets_arn: get("SECRETS_ARN"),
+            event_endpoints,
+            delivery,
         })
     }
+}
+
+/// EVENT_ENDPOINTS: `[{"url": "https://…", "secret": "whsec_…", "types": ["room.ended", …]}]`.
+pub fn parse_event_endpoints(json: &str) -> Result<Vec<EventEndpoint>, ConfigError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        url: String,
+        secret: String,
+        types: Option<Vec<String>>,
+    }
+    let bad = |reason: String| ConfigError::Malformed {
+        name: "EVENT_ENDPOINTS",
+        reason,
+    };
+    let entries: Vec<Entry> = serde_json::from_str(json).map_err(|e| {
+        bad(format!(
+            "a JSON array of {{url, secret, types}} is expected: {e}"
+        ))
+    })?;
+    let mut endpoints: Vec<EventEndpoint> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let url = entry.url.trim().to_owned();
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 1000 {
+            return Err(bad(format!(
+                "endpoint {i}: url must be http(s)://…, at most 1000 characters"
+            )));
+        }
+        let secret = entry
+            .secret
+            .strip_prefix("whsec_")
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .filter(|key| (16..=128).contains(&key.len()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "endpoint {i}: secret must be whsec_ followed by base64 of 16 to 128 bytes"
+                ))
+            })?;
+        let types = entry
+            .types
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|name| {
+                        EventType::parse(name).ok_or_else(|| {
+                            bad(format!("endpoint {i}: unknown event type {name:?}"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let key = endpoint_key(&url);
+        if endpoints.iter().any(|e| e.key == key) {
+            return Err(bad(format!("endpoint {i}: {url} is listed twice")));
+        }
+        endpoints.push(EventEndpoint {
+            key,
+            url,
+            secret,
+            types,
+        });
+    }
+    Ok(endpoints)
+}
+
+/// `ep_` and 16 hex digits of the URL's SHA-256: stable while the URL is, whatever the secret.
+fn endpoint_key(url: &str) -> String {
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ep_{hex}")
 }
 
 impl Config {

@@ -32,6 +32,8 @@ pub enum ApiError {
     ParticipantRemoved,
     #[error("participant not found")]
     ParticipantNotFound,
+    #[error("event not found")]
+    EventNotFound,
     #[error("invalid transition from {from} to {to}")]
     InvalidTransition { from: i16, to: i16 },
     #[error("payload too large")]
@@ -56,7 +58,7 @@ impl ApiError {
             ApiError::Forbidden
             | ApiError::ParticipantNotInvited
             | ApiError::ParticipantRemoved => 403,
-            ApiError::RoomNotFound | ApiError::ParticipantNotFound => 404,
+            ApiError::RoomNotFound | ApiError::ParticipantNotFound | ApiError::EventNotFound => 404,
             ApiError::RoomAlreadyExists
             | ApiError::ChannelHasActiveRoom { .. }
             | ApiError::CreatorInAnotherCall
@@ -87,6 +89,7 @@ impl ApiError {
             ApiError::ParticipantNotInvited => "participant_not_invited",
             ApiError::ParticipantRemoved => "participant_removed",
             ApiError::ParticipantNotFound => "participant_not_found",
+            ApiError::EventNotFound => "event_not_found",
             ApiError::InvalidTransition { .. } => "invalid_transition",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
@@ -133,6 +136,7 @@ impl ApiError {
                 "Participant was removed from this call and cannot join it again",
             ),
             ApiError::ParticipantNotFound => ("参与者不存在", "Participant not found"),
+            ApiError::EventNotFound => ("事件不存在", "Event not found"),
             ApiError::InvalidTransition { .. } => (
                 "当前状态不允许此操作",
                 "This status change is not allowed now",

@@ -50,6 +50,9 @@ pub mod msg {
     pub const PARTICIPANT_REMOVED: Pair = ("移出参与者成功", "Participant removed");
     pub const RINGING_LISTED: Pair = ("获取来电成功", "Ringing calls listed");
     pub const CALLS_LISTED: Pair = ("获取通话记录成功", "Call history listed");
+    pub const EVENTS_LISTED: Pair = ("获取事件列表成功", "Events listed");
+    pub const EVENT_FETCHED: Pair = ("获取事件详情成功", "Event fetched");
+    pub const EVENT_REDELIVERED: Pair = ("事件已重新投递", "Event redelivered");
 }
 
 pub fn ok(msg: msg::Pair, data: impl Serialize) -> Result<Success, ApiError> {

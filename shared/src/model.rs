@@ -207,6 +207,84 @@ text_codes!(Reason {
     NoAnswer = "no_answer",
 });
 
+/// The event types, a closed list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventType {
+    #[serde(rename = "room.created")]
+    RoomCreated,
+    #[serde(rename = "room.started")]
+    RoomStarted,
+    #[serde(rename = "room.ended")]
+    RoomEnded,
+    #[serde(rename = "participant.invited")]
+    ParticipantInvited,
+    #[serde(rename = "participant.joined")]
+    ParticipantJoined,
+    #[serde(rename = "participant.rejected")]
+    ParticipantRejected,
+    #[serde(rename = "participant.missed")]
+    ParticipantMissed,
+    #[serde(rename = "participant.busy")]
+    ParticipantBusy,
+    #[serde(rename = "participant.cancelled")]
+    ParticipantCancelled,
+    #[serde(rename = "participant.left")]
+    ParticipantLeft,
+    #[serde(rename = "participant.removed")]
+    ParticipantRemoved,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::RoomCreated,
+        EventType::RoomStarted,
+        EventType::RoomEnded,
+        EventType::ParticipantInvited,
+        EventType::ParticipantJoined,
+        EventType::ParticipantRejected,
+        EventType::ParticipantMissed,
+        EventType::ParticipantBusy,
+        EventType::ParticipantCancelled,
+        EventType::ParticipantLeft,
+        EventType::ParticipantRemoved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::RoomCreated => "room.created",
+            EventType::RoomStarted => "room.started",
+            EventType::RoomEnded => "room.ended",
+            EventType::ParticipantInvited => "participant.invited",
+            EventType::ParticipantJoined => "participant.joined",
+            EventType::ParticipantRejected => "participant.rejected",
+            EventType::ParticipantMissed => "participant.missed",
+            EventType::ParticipantBusy => "participant.busy",
+            EventType::ParticipantCancelled => "participant.cancelled",
+            EventType::ParticipantLeft => "participant.left",
+            EventType::ParticipantRemoved => "participant.removed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// The event a participant row in this status (for this reason) reports.
+    pub fn of_participant(row: &Participant) -> EventType {
+        use ParticipantStatus as P;
+        match row.status {
+            P::Ringing => EventType::ParticipantInvited,
+            P::Joined => EventType::ParticipantJoined,
+            P::Rejected => EventType::ParticipantRejected,
+            P::Missed => EventType::ParticipantMissed,
+            P::Busy => EventType::ParticipantBusy,
+            P::Cancelled => EventType::ParticipantCancelled,
+            P::HungUp if row.reason == Some(Reason::Removed) => EventType::ParticipantRemoved,
+            P::HungUp => EventType::ParticipantLeft,
+        }
+    }
+}
+
 /// A call's timeouts, in seconds (0: none for the last two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallLimits {
@@ -283,6 +361,9 @@ pub struct Room {
     /// The earliest instant a timeout rule applies to this room; None when none can.
     #[serde(skip)]
     pub deadline: Option<NaiveDateTime>,
+    /// The number of the room's last business event (they count from 1, without gaps).
+    #[serde(skip)]
+    pub event_seq: i64,
 }
 
 impl Room {

@@ -106,6 +106,17 @@ pub struct CallState {
     room_changed: bool,
     changed_rows: BTreeSet<usize>,
     loaded_status: R,
+    /// What changed, in the order it first changed: the order of the call's events.
+    touched: Vec<Touched>,
+}
+
+/// One change of a call, as its events report it: a row (once, however often it moved) or
+/// the room reaching a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    Row(usize),
+    Started,
+    Ended,
 }
 
 /// The result of a participant action: which row it concerned and whether anything changed.
@@ -132,7 +143,23 @@ impl CallState {
             rows,
             room_changed: false,
             changed_rows: BTreeSet::new(),
+            touched: Vec::new(),
         }
+    }
+
+    /// Every row and room status this state changed since it was loaded, in order.
+    pub fn touched(&self) -> &[Touched] {
+        &self.touched
+    }
+
+    /// Its events are written: what changes next starts a new list.
+    pub fn forget_touched(&mut self) {
+        self.touched.clear();
+    }
+
+    /// The room must be written back (its event counter moved).
+    pub fn mark_room_changed(&mut self) {
+        self.room_changed = true;
     }
 
     /// Whether the room was final as the database held it (before any change in memory,
@@ -189,6 +216,11 @@ impl CallState {
                 .map_or(0, |started| seconds_between(started, now.at));
         }
         self.room_changed = true;
+        self.touched.push(if status.is_final() {
+            Touched::Ended
+        } else {
+            Touched::Started
+        });
     }
 
     /// Moves row `i` to `status` for `reason`, keeping its ring and talk time: ringing starts
@@ -225,6 +257,9 @@ impl CallState {
         // updated_at is also what a LiveKit event is judged stale against.
         row.updated_at = now.at;
         self.changed_rows.insert(i);
+        if !self.touched.contains(&Touched::Row(i)) {
+            self.touched.push(Touched::Row(i));
+        }
     }
 
     fn ensure_row(&mut self, uid: &str, now: Now) -> usize {
@@ -675,6 +710,7 @@ mod tests {
         let mut state = new_call(room(5, 1), &uids, now(0));
         state.changed_rows.clear();
         state.room_changed = false;
+        state.touched.clear();
         state
     }
 

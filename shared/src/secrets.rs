@@ -1,6 +1,7 @@
 //! Secrets from AWS Secrets Manager, read once per cold start when SECRETS_ARN is set. The
 //! secret is a JSON object whose keys `database_url`, `redis_url`, `livekit_api_key`,
-//! `livekit_api_secret` and `auth_jwt_secret` override the environment. Values never reach a
+//! `livekit_api_secret`, `auth_jwt_secret` and `event_endpoints` (the EVENT_ENDPOINTS array,
+//! as JSON or as a string holding it) override the environment. Values never reach a
 //! log line or an error message: errors name the secret, the key and the problem only.
 
 use std::time::Duration;
@@ -13,12 +14,13 @@ use serde_json::Value;
 use crate::config::{Config, ConfigError, Secrets};
 
 /// The keys read from the secret; any other key is ignored.
-pub const KEYS: [&str; 5] = [
+pub const KEYS: [&str; 6] = [
     "database_url",
     "redis_url",
     "livekit_api_key",
     "livekit_api_secret",
     "auth_jwt_secret",
+    "event_endpoints",
 ];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -269,6 +271,11 @@ pub fn parse(secret_id: &str, text: &str) -> Result<Secrets, SecretsError> {
         livekit_api_key: field("livekit_api_key")?,
         livekit_api_secret: field("livekit_api_secret")?,
         auth_jwt_secret: field("auth_jwt_secret")?,
+        event_endpoints: match object.get("event_endpoints") {
+            // The endpoints' signing keys are secrets too: an array is kept as its JSON text.
+            Some(array @ Value::Array(_)) => Some(array.to_string()),
+            _ => field("event_endpoints")?,
+        },
     })
 }
 
@@ -279,6 +286,7 @@ fn value_of<'a>(secrets: &'a Secrets, key: &str) -> Option<&'a str> {
         "livekit_api_key" => secrets.livekit_api_key.as_deref(),
         "livekit_api_secret" => secrets.livekit_api_secret.as_deref(),
         "auth_jwt_secret" => secrets.auth_jwt_secret.as_deref(),
+        "event_endpoints" => secrets.event_endpoints.as_deref(),
         _ => None,
     }
 }

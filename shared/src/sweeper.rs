@@ -56,13 +56,19 @@ impl SweepReport {
 /// shows each room by the status it has now. Returns the rooms changed and those closed.
 pub async fn write_down_deadlines(app: &App, now: Now) -> Result<(usize, usize), ApiError> {
     let (mut changed, mut closed) = (0, 0);
+    let mut with_events = Vec::new();
     for room in app.store.rooms_due(now, BATCH).await? {
         let result = app.store.apply_due(&room, now).await?;
         changed += usize::from(result.changed);
         closed += usize::from(result.finalised);
-        app.after_change(&room, result.changed, result.finalised)
+        app.after_commit(&room, result.changed, result.finalised)
             .await;
+        if result.changed {
+            with_events.push(room);
+        }
     }
+    // The ring-outs' events, first attempts within one budget for the whole sweep.
+    app.deliver_events(&with_events).await;
     Ok((changed, closed))
 }
 
@@ -70,16 +76,29 @@ pub async fn write_down_deadlines(app: &App, now: Now) -> Result<(usize, usize),
 /// of every following second until that long has passed. A failed sweep (the database away)
 /// is logged and the next second tries again.
 pub async fn run(app: &App) -> SweepReport {
-    let started = std::time::Instant::now();
     let mut total = SweepReport::default();
+    let (sweeps, failed) = each_second(app, async |now| {
+        sweep(app, now).await.map(|report| total.add(&report))
+    })
+    .await;
+    total.sweeps = sweeps;
+    total.failed_sweeps = failed;
+    total
+}
+
+/// Runs `pass` once, then (with SWEEP_LOOP_SECONDS) at the top of every following second until
+/// that long has passed since the start. Returns the passes run and those that failed.
+pub async fn each_second(
+    app: &App,
+    mut pass: impl AsyncFnMut(Now) -> Result<(), ApiError>,
+) -> (usize, usize) {
+    let started = std::time::Instant::now();
+    let (mut passes, mut failed) = (0, 0);
     loop {
-        total.sweeps += 1;
-        match sweep(app, Now::current()).await {
-            Ok(report) => total.add(&report),
-            Err(err) => {
-                total.failed_sweeps += 1;
-                tracing::warn!(error = %err, "sweep failed; trying again");
-            }
+        passes += 1;
+        if let Err(err) = pass(Now::current()).await {
+            failed += 1;
+            tracing::warn!(error = %err, "sweep failed; trying again");
         }
         let Some(span) = app.config.sweep_loop else {
             break;
@@ -92,10 +111,10 @@ pub async fn run(app: &App) -> SweepReport {
         }
         tokio::time::sleep(next - elapsed).await;
     }
-    total
+    (passes, failed)
 }
 
-fn before(now: Now, span: Duration) -> Now {
+pub fn before(now: Now, span: Duration) -> Now {
     let ms = now.ms - i64::try_from(span.as_millis()).unwrap_or(i64::MAX / 2);
     Now::from_millis(ms).unwrap_or(now)
 }
@@ -112,11 +131,16 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
         if !running.is_empty() {
             match app.livekit.existing_rooms(running.clone()).await {
                 Ok(Some(alive)) => {
+                    let mut ended = Vec::new();
                     for room in running.iter().filter(|r| !alive.contains(*r)) {
                         let result = app.store.end_vanished(room, now).await?;
                         report.ended_vanished += usize::from(result.finalised);
-                        app.after_change(room, result.changed, false).await;
+                        app.after_commit(room, result.changed, false).await;
+                        if result.changed {
+                            ended.push(room.clone());
+                        }
                     }
+                    app.deliver_events(&ended).await;
                 }
                 Ok(None) => {}
                 Err(error) => {

@@ -167,10 +167,12 @@ class Database:
             MARIADB_DATABASE,
         )
 
-    def assert_no_open_transaction(self, within_s: float = 2.0) -> None:
+    def assert_no_open_transaction(self, within_s: float = 5.0) -> None:
         """No transaction of the service stays open: the sweeper's own (a few ms, every
-        second) may be caught in flight, so one clean sample within `within_s` is required,
-        which a transaction left open never gives."""
+        second) may be caught in flight, and on a loaded machine a process may sit between two
+        statements of a transaction for a while, so one clean sample within `within_s` is
+        required, which a transaction left open never gives (it stays open until the function's
+        next request, or for good)."""
         # information_schema.innodb_trx is a snapshot MariaDB refreshes at most every 0.1 s.
         time.sleep(0.11)
         deadline = time.monotonic() + within_s
@@ -180,7 +182,35 @@ class Database:
             if not seen or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert not seen, f"transactions of the service still open: {seen}"
+        assert not seen, (
+            f"transactions of the service still open: {seen}; "
+            f"their connections: {self.connection_owners([row[3] for row in seen])}"
+        )
+
+    def connection_owners(self, thread_ids: list[int]) -> list[str]:
+        """Which local process holds each of these MariaDB connections (by its client port),
+        with the connection's last statement: what a failure report needs to name the culprit."""
+        owners = []
+        for thread in thread_ids:
+            found = self.rows(
+                "SELECT p.host, p.info, t.trx_rows_locked, t.trx_lock_structs "
+                "FROM information_schema.processlist p LEFT JOIN information_schema.innodb_trx t "
+                "ON t.trx_mysql_thread_id = p.id WHERE p.id = ?", thread)
+            if not found:
+                owners.append(f"{thread}: gone")
+                continue
+            host, info, rows_locked, locks = found[0]
+            port = host.rsplit(":", 1)[-1] if host and ":" in host else ""
+            process = "?"
+            try:
+                ss = subprocess.run(["ss", "-Htnp", f"sport = :{port}"], capture_output=True,
+                                    text=True, timeout=5).stdout.strip()
+                process = ss.split("users:", 1)[-1] if "users:" in ss else (ss or "?")
+            except (OSError, subprocess.SubprocessError):
+                pass
+            owners.append(f"{thread}: {process} rows locked {rows_locked}, lock structs {locks}, "
+                          f"statement {info!r}")
+        return owners
 
     def assert_unlocked(self, wait_s: float = 1.0) -> None:
         """Another process can write every room and participant row at once (within `wait_s`,

@@ -1,12 +1,14 @@
 //! One async function per endpoint. Each reads like the contract: who is calling, what they
 //! sent, what the store did, what goes back.
 
+mod events;
 mod health;
 mod participants;
 mod rooms;
 mod users;
 mod webhook;
 
+pub use events::{get_event, list_events, redeliver_event};
 pub use health::health;
 pub use participants::{
     invite_participants, join_room, leave_room, list_participants, remove_participant,
@@ -29,4 +31,7 @@ pub mod routes {
     pub const USER_RINGING: &str = "/api/users/{uid}/ringing";
     pub const USER_CALLS: &str = "/api/users/{uid}/calls";
     pub const LIVEKIT_WEBHOOK: &str = "/api/webhooks/livekit";
+    pub const EVENTS: &str = "/api/events";
+    pub const EVENT: &str = "/api/events/{id}";
+    pub const EVENT_REDELIVER: &str = "/api/events/{id}/redeliver";
 }

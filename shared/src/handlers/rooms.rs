@@ -77,6 +77,9 @@ pub async fn create_room(app: &App, req: Request) -> Result<Response<Body>, Erro
             .store
             .create_room(&new, &invitees, Now::current())
             .await?;
+        // room.created and the invites reach the app backend before the creator hears back.
+        app.deliver_events(std::slice::from_ref(&state.room.room_name))
+            .await;
         let token = app.livekit.token(&state.room, &new.creator)?;
         ok(
             msg::ROOM_CREATED,

@@ -32,13 +32,16 @@ pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, 
         };
         let label = match &outcome {
             WebhookOutcome::Applied { rooms, finalised } => {
-                app.after_change(&event.room_name, true, false).await;
+                app.after_commit(&event.room_name, true, false).await;
                 for room in rooms {
-                    app.after_change(room, true, false).await;
+                    app.after_commit(room, true, false).await;
                 }
                 for room in finalised {
                     app.tear_down(room).await;
                 }
+                let mut changed = vec![event.room_name.clone()];
+                changed.extend(rooms.iter().cloned());
+                app.deliver_events(&changed).await;
                 "applied"
             }
             WebhookOutcome::DeleteAgain => {

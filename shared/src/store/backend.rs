@@ -24,6 +24,17 @@ mod mysql {
 
     /// InnoDB takes row locks as the transaction reads them (FOR UPDATE).
     pub const BEGIN: &str = "BEGIN";
+    /// The feed's publisher: no gap locks (so call changes never wait for it), and rows that
+    /// other transactions have not committed yet are skipped rather than waited for.
+    pub const BEGIN_READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
+
+    /// A new delivery stream, leased by its creator, unless the endpoint is paused.
+    pub const INSERT_STREAM: &str = "INSERT IGNORE INTO event_stream (endpoint, room_name, \
+         delivered_seq, attempts, next_attempt_at, lease_token, lease_until) \
+         SELECT ?, ?, 0, 0, ?, ?, ? FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM event_endpoint h \
+         WHERE h.endpoint = ? AND h.failures >= ?)";
+    pub const ENDPOINT_FAILED: &str = "INSERT INTO event_endpoint (endpoint, failures, updated_at) \
+         VALUES (?, 1, ?) ON DUPLICATE KEY UPDATE failures = failures + 1, updated_at = ?";
 
     pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
         let options: MySqlConnectOptions = url.parse()?;
@@ -92,6 +103,16 @@ mod sqlite {
     /// fails at once with SQLITE_BUSY(_SNAPSHOT) when another writer got in between, whereas
     /// an immediate one waits its turn under the busy timeout.
     pub const BEGIN: &str = "BEGIN IMMEDIATE";
+    /// One writer at a time: the publisher sees committed rows only, like every reader.
+    pub const BEGIN_READ_COMMITTED: &str = "BEGIN IMMEDIATE";
+
+    pub const INSERT_STREAM: &str = "INSERT OR IGNORE INTO event_stream (endpoint, room_name, \
+         delivered_seq, attempts, next_attempt_at, lease_token, lease_until) \
+         SELECT ?, ?, 0, 0, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM event_endpoint h \
+         WHERE h.endpoint = ? AND h.failures >= ?)";
+    pub const ENDPOINT_FAILED: &str = "INSERT INTO event_endpoint (endpoint, failures, updated_at) \
+         VALUES (?, 1, ?) ON CONFLICT (endpoint) DO UPDATE SET failures = failures + 1, \
+         updated_at = ?";
 
     /// One writer at a time is SQLite's nature: a transaction waits this long for the write
     /// lock (held for milliseconds by each call transaction) before it gives up.

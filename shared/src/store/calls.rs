@@ -15,7 +15,7 @@ impl Store {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
                 let created = in_transaction(conn, async |tx| {
-                    insert_call(tx, new, invitees, now, self.teardown).await
+                    insert_call(tx, new, invitees, now, self.teardown, &self.outbox).await
                 })
                 .await;
                 match created {
@@ -167,7 +167,16 @@ impl Store {
                     if !busy.is_empty() {
                         let live: Vec<String> = busy.iter().cloned().collect();
                         let room = Some(spec.room_name);
-                        if settle_due_elsewhere(tx, &live, room, spec.now, self.teardown).await? {
+                        if settle_due_elsewhere(
+                            tx,
+                            &live,
+                            room,
+                            spec.now,
+                            self.teardown,
+                            &self.outbox,
+                        )
+                        .await?
+                        {
                             busy = live_uids(tx, spec.check_busy, room).await?;
                         }
                     }
@@ -179,7 +188,7 @@ impl Store {
                     if !state.is_changed() {
                         return Ok((state, answer, finalised));
                     }
-                    match write_back(tx, &mut state).await {
+                    match write_back(tx, &mut state, &self.outbox, spec.now).await {
                         // The uid rings or talks in another call, says the database: unless
                         // that call's deadline has passed (then it is free once written down).
                         Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
@@ -191,12 +200,19 @@ impl Store {
                             let busy = || ApiError::ParticipantInCall {
                                 busy_uids: vec![uid.to_owned()],
                             };
-                            if !settle_due_elsewhere(tx, &uids, room, spec.now, self.teardown)
-                                .await?
+                            if !settle_due_elsewhere(
+                                tx,
+                                &uids,
+                                room,
+                                spec.now,
+                                self.teardown,
+                                &self.outbox,
+                            )
+                            .await?
                             {
                                 return Err(busy().into());
                             }
-                            match write_back(tx, &mut state).await {
+                            match write_back(tx, &mut state, &self.outbox, spec.now).await {
                                 Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
                                     return Err(busy().into());
                                 }
@@ -250,13 +266,14 @@ async fn insert_call(
     invitees: &[String],
     now: Now,
     teardown: bool,
+    outbox: &Outbox,
 ) -> Result<CallState, TxError> {
     let mut everyone = vec![new.creator.clone()];
     everyone.extend(invitees.iter().cloned());
     let mut busy = live_uids(tx, &everyone, None).await?;
     if !busy.is_empty() {
         let live: Vec<String> = busy.iter().cloned().collect();
-        if settle_due_elsewhere(tx, &live, None, now, teardown).await? {
+        if settle_due_elsewhere(tx, &live, None, now, teardown, outbox).await? {
             busy = live_uids(tx, &everyone, None).await?;
         }
     }
@@ -287,14 +304,16 @@ async fn insert_call(
         solo_timeout_seconds: new.limits.solo_timeout_seconds,
         ..Room::default()
     };
-    // The rows decide the room's first deadline, so the rules run before the insert.
+    // The rows decide the room's first deadline, so the rules run before the insert; its
+    // events (room.created, then each row) are counted in now and written after the rows.
     let mut state = rules::new_call(room, invitees, now);
+    state.room.event_seq = crate::events::count(&state, true) as i64;
     let room = &state.room;
     let inserted = sqlx::query(
         "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
          call_type, invite_on, max_participants, status, created_at, updated_at, \
-         ring_timeout_seconds, max_duration_seconds, solo_timeout_seconds, deadline) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         ring_timeout_seconds, max_duration_seconds, solo_timeout_seconds, deadline, \
+         event_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&room.source_channel_id)
     .bind(room.source_channel_type)
@@ -310,6 +329,7 @@ async fn insert_call(
     .bind(room.max_duration_seconds)
     .bind(room.solo_timeout_seconds)
     .bind(room.deadline)
+    .bind(room.event_seq)
     .execute(&mut **tx)
     .await;
     state.room.id = match inserted {
@@ -324,6 +344,9 @@ async fn insert_call(
         Err(err) => return Err(err.into()),
     };
     write_rows(tx, &mut state).await?;
+    let events = crate::events::derive(&state, true);
+    write_events(tx, &state.room, 1, &events, outbox, now).await?;
+    state.forget_touched();
     Ok(state)
 }
 

@@ -13,7 +13,7 @@ use chrono::NaiveDateTime;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, QueryBuilder, Row};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, EventEndpoint};
 use crate::error::ApiError;
 use crate::model::{
     CallLimits, EndReason, Now, Participant, ParticipantStatus, Reason, Room, RoomStatus,
@@ -31,6 +31,7 @@ type DbConnection = <Db as sqlx::Database>::Connection;
 
 mod backend;
 mod calls;
+mod outbox;
 mod reads;
 mod sweeps;
 mod webhooks;
@@ -38,6 +39,12 @@ mod webhooks;
 pub use reads::{HistoryEntry, ListedRooms, Ringing};
 
 pub use webhooks::WebhookOutcome;
+
+use outbox::write_events;
+pub use outbox::{
+    AttemptRecord, Claim, EventAttempt, FeedCursor, Outbox, PendingEvent, StoredEvent, Stream,
+    StreamUpdate,
+};
 
 use backend::{for_update, live_row_of};
 
@@ -140,12 +147,21 @@ pub fn backoff(tries: u32) -> Duration {
 /// No caller can forget either, so a refusal never leaves row locks behind on a connection
 /// that is kept for the next request. The only place in the service that begins one
 /// (clippy.toml refuses `begin` anywhere else).
-#[allow(clippy::disallowed_methods)]
 async fn in_transaction<T>(
     conn: &mut DbConnection,
     work: impl AsyncFnOnce(&mut Tx<'_>) -> Result<T, TxError>,
 ) -> Result<T, TxError> {
-    let mut tx = conn.begin_with(backend::BEGIN).await?;
+    in_transaction_with(conn, backend::BEGIN, work).await
+}
+
+/// [`in_transaction`], begun with `begin` (the feed's publisher reads committed rows only).
+#[allow(clippy::disallowed_methods)]
+async fn in_transaction_with<T>(
+    conn: &mut DbConnection,
+    begin: &'static str,
+    work: impl AsyncFnOnce(&mut Tx<'_>) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    let mut tx = conn.begin_with(begin).await?;
     match work(&mut tx).await {
         Ok(value) => {
             tx.commit().await?;
@@ -264,6 +280,8 @@ pub struct Store {
     pinned: Arc<PinnedSlot>,
     /// Whether final rooms are queued for a LiveKit DeleteRoom (only when LiveKit is configured).
     teardown: bool,
+    /// Which endpoints the events a change writes are owed to.
+    outbox: Arc<Outbox>,
 }
 
 /// The room's columns, as every room query selects them (`r` is call_room).
@@ -273,7 +291,7 @@ macro_rules! room_columns {
             "r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
             "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
             "r.ring_timeout_seconds, r.max_duration_seconds, r.solo_timeout_seconds, ",
-            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline"
+            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline, r.event_seq"
         )
     };
 }
@@ -326,11 +344,19 @@ impl Store {
             pool,
             pinned: Arc::default(),
             teardown: false,
+            outbox: Arc::default(),
         }
     }
 
     pub fn with_teardown(mut self, enabled: bool) -> Self {
         self.teardown = enabled;
+        self
+    }
+
+    /// Events are owed to these endpoints (each by its type filter); the sweep looks at an
+    /// event once `grace` has passed without its first delivery finishing it.
+    pub fn with_event_endpoints(mut self, endpoints: &[EventEndpoint], grace: Duration) -> Self {
+        self.outbox = Arc::new(Outbox::new(endpoints, grace));
         self
     }
 
@@ -482,6 +508,7 @@ async fn settle_due_elsewhere(
     except: Option<&str>,
     now: Now,
     teardown: bool,
+    outbox: &Outbox,
 ) -> Result<bool, sqlx::Error> {
     if uids.is_empty() {
         return Ok(false);
@@ -499,7 +526,7 @@ async fn settle_due_elsewhere(
             continue;
         };
         if state.is_changed() {
-            write_back(tx, &mut state).await?;
+            write_back(tx, &mut state, outbox, now).await?;
             if teardown && !state.was_final_when_loaded() && state.room.status.is_final() {
                 queue_teardown(tx, &room, state.room.updated_at).await?;
             }
@@ -565,12 +592,27 @@ fn push_filter(query: &mut QueryBuilder<Db>, filter: &RoomFilter) {
     }
 }
 
-async fn write_back(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::Error> {
+/// Writes what a rule changed: the rows, then the room with its event counter, then the
+/// change's events (one statement), all in the caller's transaction.
+async fn write_back(
+    tx: &mut Tx<'_>,
+    state: &mut CallState,
+    outbox: &Outbox,
+    now: Now,
+) -> Result<(), sqlx::Error> {
+    write_rows(tx, state).await?;
+    // Derived once the rows have their ids; numbered after the room's last event.
+    let events = crate::events::derive(state, false);
+    let first_seq = state.room.event_seq + 1;
+    if !events.is_empty() {
+        state.room.event_seq += events.len() as i64;
+        state.mark_room_changed();
+    }
     if state.room_changed() {
         let room = &state.room;
         sqlx::query(
             "UPDATE call_room SET status = ?, updated_at = ?, end_reason = ?, started_at = ?, \
-             ended_at = ?, solo_since = ?, deadline = ? WHERE id = ?",
+             ended_at = ?, solo_since = ?, deadline = ?, event_seq = ? WHERE id = ?",
         )
         .bind(room.status.code())
         .bind(room.updated_at)
@@ -579,11 +621,15 @@ async fn write_back(tx: &mut Tx<'_>, state: &mut CallState) -> Result<(), sqlx::
         .bind(room.ended_at)
         .bind(room.solo_since)
         .bind(room.deadline)
+        .bind(room.event_seq)
         .bind(room.id)
         .execute(&mut **tx)
         .await?;
     }
-    write_rows(tx, state).await
+    write_events(tx, &state.room, first_seq, &events, outbox, now).await?;
+    // Written: the same state written again (a retried statement) must not repeat them.
+    state.forget_touched();
+    Ok(())
 }
 
 /// Writes the changed rows; a new row's id is kept as soon as it is inserted, so running this
@@ -670,6 +716,7 @@ fn decode_room(row: &DbRow) -> Result<Room, sqlx::Error> {
         },
         solo_since: row.try_get("solo_since")?,
         deadline: row.try_get("deadline")?,
+        event_seq: row.try_get::<i32, _>("event_seq")?.into(),
     })
 }
 

@@ -80,7 +80,7 @@ impl Store {
                     .await?;
                 let changed = rules::presence_joined(&mut state, uid, event.created_at, now);
                 if changed {
-                    write_back(tx, &mut state).await?;
+                    write_back(tx, &mut state, &self.outbox, now).await?;
                 }
                 if changed || !elsewhere.is_empty() {
                     WebhookOutcome::Applied {
@@ -94,7 +94,7 @@ impl Store {
             WebhookKind::ParticipantLeft { uid } => {
                 let was_final = state.was_final_when_loaded();
                 if rules::presence_left(&mut state, uid, event.created_at, now) {
-                    write_back(tx, &mut state).await?;
+                    write_back(tx, &mut state, &self.outbox, now).await?;
                     let finalised = !was_final && state.room.status.is_final();
                     if finalised && self.teardown {
                         queue_teardown(tx, &state.room.room_name, now.at).await?;
@@ -118,7 +118,7 @@ impl Store {
                 {
                     WebhookOutcome::Ignored
                 } else {
-                    write_back(tx, &mut state).await?;
+                    write_back(tx, &mut state, &self.outbox, now).await?;
                     WebhookOutcome::Applied {
                         rooms: Vec::new(),
                         finalised: Vec::new(),
@@ -152,7 +152,7 @@ impl Store {
             };
             let was_final = state.was_final_when_loaded();
             if rules::close_elsewhere(&mut state, uid, now) {
-                write_back(tx, &mut state).await?;
+                write_back(tx, &mut state, &self.outbox, now).await?;
                 if !was_final && state.room.status.is_final() {
                     if self.teardown {
                         queue_teardown(tx, &other, now.at).await?;

@@ -484,6 +484,35 @@ impl<'a> Api<'a> {
             .await
     }
 
+    pub async fn list_events(&self, token: &str, query: &str) -> Reply {
+        let req = self
+            .ev("GET", "/api/events", Some(token))
+            .query(query)
+            .request();
+        self.answered(handlers::list_events(self.app, req)).await
+    }
+
+    pub async fn get_event(&self, token: &str, id: &str) -> Reply {
+        let req = self
+            .ev("GET", &format!("/api/events/{}", encode(id)), Some(token))
+            .path_params(&[("id", id)])
+            .request();
+        self.answered(handlers::get_event(self.app, req)).await
+    }
+
+    pub async fn redeliver(&self, token: &str, id: &str) -> Reply {
+        let req = self
+            .ev(
+                "POST",
+                &format!("/api/events/{}/redeliver", encode(id)),
+                Some(token),
+            )
+            .path_params(&[("id", id)])
+            .request();
+        self.answered(handlers::redeliver_event(self.app, req))
+            .await
+    }
+
     /// Set-up: the service creates an invite-only video room for up to ten people.
     pub async fn open(&self, room: &str, creator: &str, uids: &[&str]) -> Value {
         self.open_with(json!({

@@ -8,8 +8,10 @@
 mod common;
 mod events;
 mod livekit;
+mod receiver;
 
 mod availability;
+mod business_events;
 mod cache;
 mod calls_on_record;
 mod concurrency;

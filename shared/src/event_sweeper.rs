@@ -1,0 +1,68 @@
+//! The event sweeper (the deliver-events function, on a schedule of its own): delivers every
+//! event whose first delivery did not finish it, once its retry is due; publishes committed
+//! events to the pull feed; purges events nobody is owed any more once they are old. Separate
+//! from the call sweeper so a slow endpoint never delays a ring-out.
+
+use serde::Serialize;
+
+use crate::app::App;
+use crate::delivery::{DeliveryReport, Mode};
+use crate::error::ApiError;
+use crate::model::Now;
+use crate::sweeper::{before, each_second};
+
+/// Rooms whose due events one pass delivers.
+pub const ROOMS_PER_PASS: i64 = 100;
+/// Events one pass purges.
+pub const PURGE_BATCH: i64 = 1000;
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct EventSweepReport {
+    pub rooms: usize,
+    pub delivery: DeliveryReport,
+    pub published: u64,
+    pub purged: u64,
+    pub sweeps: usize,
+    pub failed_sweeps: usize,
+}
+
+/// One invocation: a pass, then (with SWEEP_LOOP_SECONDS) one every second for that long.
+pub async fn run(app: &App) -> EventSweepReport {
+    let mut total = EventSweepReport::default();
+    let (sweeps, failed) = each_second(app, async |now| {
+        let report = sweep(app, now).await?;
+        total.rooms += report.rooms;
+        total.delivery.add(&report.delivery);
+        total.published += report.published;
+        total.purged += report.purged;
+        Ok(())
+    })
+    .await;
+    total.sweeps = sweeps;
+    total.failed_sweeps = failed;
+    total
+}
+
+pub async fn sweep(app: &App, now: Now) -> Result<EventSweepReport, ApiError> {
+    let mut report = EventSweepReport::default();
+    if !app.delivery.endpoints().is_empty() {
+        let rooms = app.store.rooms_with_due_events(now, ROOMS_PER_PASS).await?;
+        report.rooms = rooms.len();
+        // New rooms are not started after this long; those started finish their attempts.
+        let budget = app.delivery.settings().timeout * 4;
+        report.delivery = app
+            .delivery
+            .deliver(&app.store, &rooms, Mode::Sweep, budget)
+            .await;
+    }
+    report.published = app.store.publish_feed().await?;
+    let retention = app.delivery.settings().retention;
+    report.purged = app
+        .store
+        .purge_events(before(now, retention), PURGE_BATCH)
+        .await?;
+    if report.rooms > 0 || report.purged > 0 {
+        tracing::info!(?report, "event sweep done");
+    }
+    Ok(report)
+}

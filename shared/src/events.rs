@@ -1,0 +1,303 @@
+//! Business events: what the app backend hears about a call. Derived in one place, from the
+//! change itself: one event per participant row a transaction changed and one per room status
+//! it reached (plus `room.created`), in the order the changes happened. The store writes them
+//! in the same transaction as the change (an outbox), numbered per room from 1 without gaps,
+//! so every path that changes a call (API, LiveKit webhook, sweep) tells the same story.
+
+use chrono::NaiveDateTime;
+use serde_json::{Value, json};
+
+pub use crate::model::EventType;
+use crate::model::{Participant, ParticipantStatus as P, Room};
+use crate::rules::{CallState, Touched};
+
+/// One event before the store numbers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: EventType,
+    pub occurred_at: NaiveDateTime,
+    pub data: Value,
+}
+
+/// The events of what `state` changed since it was loaded, in order (`created`: the state is a
+/// new call, which starts with `room.created`). The rows must carry their ids already.
+pub fn derive(state: &CallState, created: bool) -> Vec<NewEvent> {
+    let room = &state.room;
+    let mut events = Vec::with_capacity(state.touched().len() + usize::from(created));
+    if created {
+        events.push(NewEvent {
+            event_type: EventType::RoomCreated,
+            occurred_at: room.created_at,
+            data: room_data(room, None),
+        });
+    }
+    for touched in state.touched() {
+        events.push(match *touched {
+            Touched::Row(i) => {
+                let row = &state.rows[i];
+                NewEvent {
+                    event_type: EventType::of_participant(row),
+                    occurred_at: row.updated_at,
+                    data: participant_data(room, row),
+                }
+            }
+            Touched::Started => NewEvent {
+                event_type: EventType::RoomStarted,
+                occurred_at: room.started_at.unwrap_or(room.updated_at),
+                data: room_data(room, None),
+            },
+            Touched::Ended => NewEvent {
+                event_type: EventType::RoomEnded,
+                occurred_at: room.ended_at.unwrap_or(room.updated_at),
+                data: room_data(room, Some(&state.rows)),
+            },
+        });
+    }
+    events
+}
+
+/// How many events [`derive`] gives for `state`, without building them.
+pub fn count(state: &CallState, created: bool) -> usize {
+    state.touched().len() + usize::from(created)
+}
+
+/// The event id: stable across retries and redeliveries, unique because room names are.
+pub fn event_id(room: &Room, seq: i64) -> String {
+    format!("evt_{}_{seq}", room.id)
+}
+
+/// The JSON body every delivery of an event sends (and the feed returns).
+pub fn envelope(id: &str, event: &NewEvent, room_name: &str, seq: i64) -> String {
+    json!({
+        "id": id,
+        "type": event.event_type.as_str(),
+        "room_name": room_name,
+        "seq": seq,
+        "occurred_at": rfc3339_ms(event.occurred_at),
+        "data": event.data,
+    })
+    .to_string()
+}
+
+/// `2026-12-02T10:30:00.123Z`: events of one second keep their order when read back.
+pub fn rfc3339_ms(at: NaiveDateTime) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+/// A room event's data: the room as the API shows it, and for `room.ended` every row with
+/// its final status, reason and times.
+fn room_data(room: &Room, rows: Option<&[Participant]>) -> Value {
+    let mut data = serde_json::to_value(room).unwrap_or(Value::Null);
+    if let (Some(rows), Some(map)) = (rows, data.as_object_mut()) {
+        let participants: Vec<Value> = rows
+            .iter()
+            .map(|p| {
+                json!({
+                    "uid": p.uid,
+                    "status": p.status,
+                    "reason": p.reason,
+                    "ring_seconds": p.ring_seconds,
+                    "talk_seconds": p.talk_seconds,
+                })
+            })
+            .collect();
+        map.insert("participants".into(), Value::Array(participants));
+    }
+    data
+}
+
+/// A participant event's data, push-ready: the row as the API shows it, who calls and how.
+fn participant_data(room: &Room, row: &Participant) -> Value {
+    let mut data = serde_json::to_value(row).unwrap_or(Value::Null);
+    if let Some(map) = data.as_object_mut() {
+        map.insert("caller".into(), json!(room.creator));
+        map.insert("call_type".into(), json!(room.call_type));
+        map.insert("source_channel_id".into(), json!(room.source_channel_id));
+        map.insert(
+            "source_channel_type".into(),
+            json!(room.source_channel_type),
+        );
+        map.insert("room_status".into(), json!(room.status));
+        if row.status == P::Ringing {
+            map.insert("invitee".into(), json!(row.uid));
+        }
+    }
+    data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EndReason, Now, RoomStatus};
+    use crate::rules::{self, Action};
+
+    fn at(secs: i64) -> Now {
+        Now::from_millis(1_700_000_000_000 + secs * 1000).expect("instant")
+    }
+
+    fn room(max: i32) -> Room {
+        Room {
+            id: 7,
+            creator: "a".into(),
+            room_name: "r".into(),
+            call_type: 1,
+            max_participants: max,
+            status: RoomStatus::NotStarted,
+            created_at: at(0).at,
+            updated_at: at(0).at,
+            ring_timeout_seconds: 30,
+            ..Room::default()
+        }
+    }
+
+    /// (type, uid) of each event, as a reader would list them.
+    fn story(events: &[NewEvent]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                let who = e.data.get("uid").and_then(Value::as_str).unwrap_or("");
+                (e.event_type.as_str().to_owned(), who.to_owned())
+            })
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(t, u)| (t.to_string(), u.to_string()))
+            .collect()
+    }
+
+    /// One transaction: the events of what `change` does to a state as loaded.
+    fn after(
+        state: &mut rules::CallState,
+        change: impl FnOnce(&mut rules::CallState),
+    ) -> Vec<NewEvent> {
+        state.forget_touched();
+        change(state);
+        derive(state, false)
+    }
+
+    #[test]
+    fn a_one_to_one_call_tells_its_story_in_order() {
+        let mut state = rules::new_call(room(2), &["b".into()], at(0));
+        let mut all = derive(&state, true);
+        all.extend(after(&mut state, |s| {
+            rules::apply_action(s, "b", Action::Join, at(5)).expect("answer");
+        }));
+        all.extend(after(&mut state, |s| {
+            rules::apply_action(s, "b", Action::Leave, at(65)).expect("hang up");
+        }));
+        assert_eq!(
+            story(&all),
+            pairs(&[
+                ("room.created", ""),
+                ("participant.joined", "a"),
+                ("participant.invited", "b"),
+                ("participant.joined", "b"),
+                ("room.started", ""),
+                ("participant.left", "b"),
+                ("participant.left", "a"),
+                ("room.ended", ""),
+            ])
+        );
+        let ended = &all[7].data;
+        assert_eq!(ended["status"], 2);
+        assert_eq!(ended["end_reason"], "completed");
+        assert_eq!(ended["duration_seconds"], 60);
+        assert_eq!(ended["participants"][1]["talk_seconds"], 60);
+        assert_eq!(ended["participants"][1]["reason"], "hung_up");
+        let invited = &all[2].data;
+        assert_eq!(
+            (
+                &invited["caller"],
+                &invited["invitee"],
+                &invited["call_type"]
+            ),
+            (&json!("a"), &json!("b"), &json!(1))
+        );
+        assert!(invited["ring_deadline"].is_string(), "{invited}");
+        assert_eq!(count(&state, false), 3, "count agrees with derive");
+    }
+
+    #[test]
+    fn a_group_call_reports_each_row_once_with_its_final_status() {
+        let mut state = rules::new_call(room(5), &["b".into(), "c".into(), "d".into()], at(0));
+        let _ = derive(&state, true);
+        let rejected = after(&mut state, |s| {
+            rules::apply_action(s, "b", Action::Reject, at(2)).expect("reject");
+        });
+        assert_eq!(story(&rejected), pairs(&[("participant.rejected", "b")]));
+        let joined = after(&mut state, |s| {
+            rules::apply_action(s, "c", Action::Join, at(3)).expect("join");
+        });
+        assert_eq!(
+            story(&joined),
+            pairs(&[("participant.joined", "c"), ("room.started", "")])
+        );
+        // d's ring deadline (30 s) passes; the rules apply it where the call is loaded.
+        let rang_out = after(&mut state, |s| {
+            rules::apply_deadlines(s, at(31));
+        });
+        assert_eq!(story(&rang_out), pairs(&[("participant.missed", "d")]));
+        assert_eq!(
+            rang_out[0].occurred_at,
+            at(30).at,
+            "when the deadline passed"
+        );
+        let removed = after(&mut state, |s| {
+            rules::apply_action(s, "c", Action::Remove, at(40)).expect("remove");
+        });
+        assert_eq!(
+            story(&removed),
+            pairs(&[
+                ("participant.removed", "c"),
+                ("participant.left", "a"),
+                ("room.ended", ""),
+            ])
+        );
+        assert_eq!(removed[2].data["end_reason"], "completed");
+    }
+
+    #[test]
+    fn a_busy_ring_again_is_one_busy_event_never_an_invite() {
+        let mut state = rules::new_call(room(2), &[], at(0));
+        let _ = derive(&state, true);
+        let busy = after(&mut state, |s| {
+            rules::ring_again(s, "b", true, at(1)).expect("ring again");
+        });
+        assert_eq!(
+            story(&busy),
+            pairs(&[
+                ("participant.busy", "b"),
+                ("participant.left", "a"),
+                ("room.ended", ""),
+            ])
+        );
+        assert_eq!(busy[2].data["end_reason"], json!(EndReason::Busy.as_str()));
+    }
+
+    #[test]
+    fn nothing_changed_is_no_event() {
+        let mut state = rules::new_call(room(2), &["b".into()], at(0));
+        let none = after(&mut state, |s| {
+            let again = rules::apply_action(s, "b", Action::RingAgain, at(1));
+            assert!(again.is_ok_and(|a| !a.changed));
+        });
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn envelopes_carry_id_type_room_seq_and_time() {
+        let state = rules::new_call(room(2), &[], at(0));
+        let events = derive(&state, true);
+        let body = envelope(&event_id(&state.room, 1), &events[0], "r", 1);
+        let parsed: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(parsed["id"], "evt_7_1");
+        assert_eq!(parsed["type"], "room.created");
+        assert_eq!(parsed["room_name"], "r");
+        assert_eq!(parsed["seq"], 1);
+        assert_eq!(parsed["occurred_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(parsed["data"]["room_name"], "r");
+    }
+}

@@ -1,0 +1,185 @@
+//! The business events for the app backend (service tokens only): the pull feed, one event
+//! with its deliveries and attempts, and a redelivery on request.
+
+use lambda_http::{Body, Error, Request, Response};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::app::App;
+use crate::delivery::DeliveryReport;
+use crate::error::ApiError;
+use crate::handlers::routes;
+use crate::http::{msg, ok, path_param, query_param, respond};
+use crate::store::{EventAttempt, FeedCursor, StoredEvent};
+use crate::validate;
+
+/// Events per feed page unless `limit` says otherwise.
+const FEED_PAGE_DEFAULT: i64 = 50;
+
+#[derive(Debug, Serialize)]
+struct Feed {
+    events: Vec<Box<RawValue>>,
+    /// Where the next read starts: the last event of this page, or `after` when it was empty.
+    next_cursor: String,
+    /// Whether this page was full (more may be waiting already).
+    has_more: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Delivery {
+    endpoint: String,
+    url: String,
+    /// pending, delivered or gave_up.
+    state: &'static str,
+    attempts: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct EventDetails {
+    event: Box<RawValue>,
+    deliveries: Vec<Delivery>,
+    attempts: Vec<EventAttempt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redelivery: Option<DeliveryReport>,
+}
+
+/// GET /api/events?after=<cursor>&limit=: every event exactly once, in publication order.
+pub async fn list_events(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("list-events", &req, async {
+        app.caller(&req)?.must_be_service()?;
+        let after = match query_param(&req, "after") {
+            None => FeedCursor::default(),
+            Some(text) => FeedCursor::parse(&text)
+                .ok_or_else(|| ApiError::invalid("after is not a cursor this service gave out"))?,
+        };
+        let limit = match query_param(&req, "limit") {
+            None => FEED_PAGE_DEFAULT,
+            Some(text) => validate::in_range(
+                "limit",
+                validate::integer("limit", &text)?,
+                1,
+                validate::LIMIT_MAX,
+            )?,
+        };
+        // Whatever has committed by now becomes readable, in a batch after every earlier one.
+        app.store.publish_feed().await?;
+        let page = app.store.feed_page(after, limit).await?;
+        let next_cursor = page
+            .last()
+            .and_then(|e| e.feed_batch.map(|batch| FeedCursor { batch, id: e.id }))
+            .unwrap_or(after)
+            .encode();
+        let has_more = page.len() as i64 == limit;
+        let events = page
+            .into_iter()
+            .map(|e| raw(e.payload))
+            .collect::<Result<Vec<_>, _>>()?;
+        ok(
+            msg::EVENTS_LISTED,
+            Feed {
+                events,
+                next_cursor,
+                has_more,
+            },
+        )
+    })
+    .await
+}
+
+/// GET /api/events/{id}: the event, where it stands with each endpoint, every attempt.
+pub async fn get_event(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("get-event", &req, async {
+        app.caller(&req)?.must_be_service()?;
+        let event = stored_event(app, &req).await?;
+        ok(msg::EVENT_FETCHED, details(app, event, None).await?)
+    })
+    .await
+}
+
+/// POST /api/events/{id}/redeliver: sends the event again now (in order where it is still
+/// pending), and answers with its details after the attempt.
+pub async fn redeliver_event(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("redeliver-event", &req, async {
+        app.caller(&req)?.must_be_service()?;
+        let event = stored_event(app, &req).await?;
+        let report = app.delivery.redeliver(&app.store, &event).await?;
+        let event = app.store.event(&event.event_id).await?.unwrap_or(event);
+        ok(
+            msg::EVENT_REDELIVERED,
+            details(app, event, Some(report)).await?,
+        )
+    })
+    .await
+}
+
+async fn stored_event(app: &App, req: &Request) -> Result<StoredEvent, ApiError> {
+    let id = path_param(req, route_of(req), "id")?;
+    if id.is_empty() || id.len() > 40 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(ApiError::invalid("id must be an event id (evt_…)"));
+    }
+    app.store.event(&id).await?.ok_or(ApiError::EventNotFound)
+}
+
+fn route_of(req: &Request) -> &'static str {
+    if req.uri().path().ends_with("/redeliver") {
+        routes::EVENT_REDELIVER
+    } else {
+        routes::EVENT
+    }
+}
+
+async fn details(
+    app: &App,
+    event: StoredEvent,
+    redelivery: Option<DeliveryReport>,
+) -> Result<EventDetails, ApiError> {
+    let attempts = app.store.attempts_of(&event.event_id).await?;
+    let cursors = app.store.stream_cursors(&event.room_name).await?;
+    let owed_to: Vec<&str> = event
+        .endpoints
+        .split(',')
+        .filter(|k| !k.is_empty())
+        .collect();
+    let deliveries = owed_to
+        .iter()
+        .map(|key| {
+            let mine: Vec<&EventAttempt> = attempts.iter().filter(|a| a.endpoint == *key).collect();
+            let cursor = cursors
+                .iter()
+                .find(|(k, _)| k == key)
+                .map_or(0, |(_, seq)| *seq);
+            let state = if cursor < event.seq && event.owed > 0 {
+                "pending"
+            } else if mine.iter().any(|a| a.outcome == "delivered") {
+                "delivered"
+            } else {
+                "gave_up"
+            };
+            let url = app
+                .delivery
+                .endpoints()
+                .iter()
+                .find(|e| e.key == *key)
+                .map(|e| e.url.clone())
+                .or_else(|| mine.last().map(|a| a.url.clone()))
+                .unwrap_or_default();
+            Delivery {
+                endpoint: (*key).to_owned(),
+                url,
+                state,
+                attempts: mine.len(),
+            }
+        })
+        .collect();
+    Ok(EventDetails {
+        event: raw(event.payload)?,
+        deliveries,
+        attempts,
+        redelivery,
+    })
+}
+
+fn raw(payload: String) -> Result<Box<RawValue>, ApiError> {
+    RawValue::from_string(payload).map_err(|e| ApiError::Internal(format!("stored event: {e}")))
+}

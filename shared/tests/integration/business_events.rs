@@ -1,0 +1,560 @@
+//! Business events end to end inside the handlers: the outbox a change writes, the first
+//! delivery inside the request, retries from stored state by the event sweeper, order per
+//! room and endpoint, the pull feed, event details and redelivery. Receivers are real HTTP
+//! servers on loopback; every check of the database looks from another connection.
+
+use std::time::Duration;
+
+use call_shared::App;
+use call_shared::delivery::sign;
+use call_shared::event_sweeper;
+use call_shared::model::Now;
+use call_shared::store::DbPool;
+use serde_json::{Value, json};
+
+use crate::common;
+use crate::events::Api;
+use crate::receiver::{KEY, Receiver};
+
+/// An App delivering to `receiver` with retries compressed to milliseconds.
+fn app_for(pool: &DbPool, receiver: &Receiver, extra: &[(&str, &str)]) -> App {
+    let endpoints = receiver.endpoints(None);
+    let mut vars = vec![
+        ("EVENT_ENDPOINTS", endpoints.as_str()),
+        ("EVENT_RETRY_BASE_MS", "40"),
+        ("EVENT_RETRY_MAX_MS", "200"),
+        ("EVENT_TIMEOUT_MS", "1000"),
+    ];
+    vars.extend_from_slice(extra);
+    common::app_with(pool.clone(), &vars)
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(t, u)| (t.to_string(), u.to_string()))
+        .collect()
+}
+
+/// (type, uid, seq) of a room's events as stored, by seq.
+async fn outbox(pool: &DbPool, room: &str) -> Vec<(String, String, i64)> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT type, seq, payload FROM call_event WHERE room_name = ? ORDER BY seq",
+    )
+    .bind(room)
+    .fetch_all(pool)
+    .await
+    .expect("outbox");
+    rows.into_iter()
+        .map(|(t, seq, payload)| {
+            let body: Value = serde_json::from_str(&payload).expect("payload");
+            let uid = body["data"]["uid"].as_str().unwrap_or("").to_owned();
+            (t, uid, seq)
+        })
+        .collect()
+}
+
+/// Runs the event sweeper until nothing is due or `within` has passed.
+async fn sweep_until_quiet(app: &App, within: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let report = event_sweeper::sweep(app, Now::current())
+            .await
+            .expect("event sweep");
+        let due: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM call_event WHERE due_at IS NOT NULL")
+                .fetch_one(app.store.pool())
+                .await
+                .expect("due");
+        if (due == 0 && report.rooms == 0) || started.elapsed() > within {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+fn assert_signed(received: &crate::receiver::Received) {
+    let ts: i64 = received.timestamp.parse().expect("webhook-timestamp");
+    assert!((chrono::Utc::now().timestamp() - ts).abs() < 60);
+    assert_eq!(
+        received.signature,
+        sign(KEY, &received.id, ts, &received.body),
+        "signature over id.timestamp.body"
+    );
+    assert_eq!(received.json["id"], received.id.as_str());
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_one_to_one_call_delivers_its_events_in_order_inside_the_requests(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    let app = app_for(&pool, &receiver, &[]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    // The ring reached the receiver before create answered.
+    assert_eq!(
+        receiver.story(),
+        pairs(&[
+            ("room.created", ""),
+            ("participant.joined", "a"),
+            ("participant.invited", "b"),
+        ])
+    );
+    api.joined("r1", "b").await;
+    let left = api.leave(&api.service(), "r1", "b").await;
+    assert_eq!(left.status, 200, "{}", left.body);
+    let expected = pairs(&[
+        ("room.created", ""),
+        ("participant.joined", "a"),
+        ("participant.invited", "b"),
+        ("participant.joined", "b"),
+        ("room.started", ""),
+        ("participant.left", "b"),
+        ("participant.left", "a"),
+        ("room.ended", ""),
+    ]);
+    assert_eq!(receiver.story(), expected);
+    let received = receiver.accepted();
+    for (i, r) in received.iter().enumerate() {
+        assert_signed(r);
+        assert_eq!(r.json["seq"], i as i64 + 1, "gap-free seq from 1");
+        assert_eq!(r.json["room_name"], "r1");
+    }
+    let invited = &received[2].json["data"];
+    assert_eq!(
+        (
+            &invited["caller"],
+            &invited["invitee"],
+            &invited["call_type"]
+        ),
+        (&json!("a"), &json!("b"), &json!(1))
+    );
+    let ended = &received[7].json["data"];
+    assert_eq!(
+        (&ended["status"], &ended["end_reason"]),
+        (&json!(2), &json!("completed"))
+    );
+    assert_eq!(ended["participants"].as_array().map(Vec::len), Some(2));
+    // The outbox agrees, and nothing is owed any more.
+    let stored: Vec<(String, String)> = outbox(&pool, "r1")
+        .await
+        .into_iter()
+        .map(|(t, u, _)| (t, u))
+        .collect();
+    assert_eq!(stored, expected);
+    let owed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM call_event WHERE owed > 0 OR due_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("owed");
+    assert_eq!(owed, 0);
+    let attempts: Vec<(String, i16)> =
+        sqlx::query_as("SELECT outcome, inline_attempt FROM event_attempt ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .expect("attempts");
+    assert_eq!(attempts.len(), 8);
+    assert!(
+        attempts
+            .iter()
+            .all(|(o, inline)| o == "delivered" && *inline == 1)
+    );
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn without_endpoints_events_are_written_for_the_feed_only(pool: DbPool) {
+    let app = common::app(pool.clone());
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    api.ended("r1").await;
+    let stored = outbox(&pool, "r1").await;
+    assert_eq!(
+        stored
+            .iter()
+            .map(|(t, _, _)| t.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "room.created",
+            "participant.joined",
+            "participant.invited",
+            "participant.cancelled",
+            "participant.left",
+            "room.ended"
+        ]
+    );
+    let (owed, due): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COUNT(due_at) FROM call_event WHERE owed > 0")
+            .fetch_one(&pool)
+            .await
+            .expect("owed");
+    assert_eq!((owed, due), (0, 0));
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_receiver_that_fails_then_recovers_gets_every_event_once_in_order(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.script(&[(500, Duration::ZERO), (503, Duration::ZERO)]);
+    let app = app_for(&pool, &receiver, &[]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    // The first attempt failed inside create: nothing later was sent past it.
+    assert_eq!(receiver.received().len(), 1);
+    api.joined("r1", "b").await;
+    sweep_until_quiet(&app, Duration::from_secs(10)).await;
+    let story = receiver.story();
+    assert_eq!(
+        story,
+        pairs(&[
+            ("room.created", ""),
+            ("participant.joined", "a"),
+            ("participant.invited", "b"),
+            ("participant.joined", "b"),
+            ("room.started", ""),
+        ])
+    );
+    // Failed attempts carried the same id as the delivered one.
+    let received = receiver.received();
+    assert_eq!(received[0].id, received[1].id);
+    assert_eq!(received[1].id, received[2].id);
+    let attempts: Vec<(String, i64, String, Option<i64>)> = sqlx::query_as(
+        "SELECT event_id, attempt, outcome, http_status FROM event_attempt ORDER BY id LIMIT 3",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("attempts");
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|(_, n, o, s)| (*n, o.as_str(), *s))
+            .collect::<Vec<_>>(),
+        [
+            (1, "failed", Some(500)),
+            (2, "failed", Some(503)),
+            (3, "delivered", Some(200))
+        ]
+    );
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_410_ends_the_attempts_for_that_event_and_the_next_ones_follow(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.script(&[(410, Duration::ZERO)]);
+    let app = app_for(&pool, &receiver, &[]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    let received = receiver.received();
+    assert_eq!(
+        received.len(),
+        3,
+        "room.created refused, the rest delivered"
+    );
+    assert_eq!(received[0].status, 410);
+    let created: Vec<(String, Option<i64>)> = sqlx::query_as(
+        "SELECT outcome, http_status FROM event_attempt WHERE event_id = ? ORDER BY id",
+    )
+    .bind(&received[0].id)
+    .fetch_all(&pool)
+    .await
+    .expect("attempts");
+    assert_eq!(created, [("gave_up".to_owned(), Some(410))]);
+    sweep_until_quiet(&app, Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 3, "never retried");
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_receiver_slower_than_the_budget_is_retried_with_the_full_timeout(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.answer_with(200, Duration::from_millis(400));
+    let app = app_for(&pool, &receiver, &[("EVENT_INLINE_BUDGET_MS", "100")]);
+    let api = Api::new(&app);
+    let started = std::time::Instant::now();
+    api.open("r1", "a", &[]).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(350),
+        "create waited {took:?} for a slow receiver"
+    );
+    let first: (String, String) =
+        sqlx::query_as("SELECT outcome, error FROM event_attempt ORDER BY id LIMIT 1")
+            .fetch_one(&pool)
+            .await
+            .expect("attempt");
+    assert_eq!(first.0, "failed");
+    assert!(first.1.contains("no answer within"), "{}", first.1);
+    sweep_until_quiet(&app, Duration::from_secs(10)).await;
+    let delivered: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM event_attempt WHERE outcome = 'delivered'")
+            .fetch_one(&pool)
+            .await
+            .expect("delivered");
+    assert_eq!(
+        delivered, 2,
+        "room.created and the creator's join, by the sweep"
+    );
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn an_endpoint_that_keeps_failing_gets_no_inline_attempts_until_it_recovers(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.answer_with(500, Duration::ZERO);
+    let app = app_for(&pool, &receiver, &[("EVENT_FAILURES_BEFORE_PAUSE", "2")]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &[]).await;
+    api.open("r2", "c", &[]).await;
+    let tried = receiver.received().len();
+    assert_eq!(tried, 2, "one failed first attempt per room");
+    api.open("r3", "d", &[]).await;
+    assert_eq!(
+        receiver.received().len(),
+        tried,
+        "paused: no attempt inside the request"
+    );
+    // It recovers: the sweep's retry succeeds, and requests attempt inline again.
+    receiver.answer_with(200, Duration::ZERO);
+    sweep_until_quiet(&app, Duration::from_secs(10)).await;
+    let before = receiver.received().len();
+    api.open("r4", "e", &[]).await;
+    assert_eq!(
+        receiver.received().len(),
+        before + 2,
+        "inline again after recovery"
+    );
+    for room in ["r1", "r2", "r3", "r4"] {
+        let got: Vec<String> = receiver
+            .accepted()
+            .iter()
+            .filter(|r| r.json["room_name"] == room)
+            .map(|r| r.event_type().to_owned())
+            .collect();
+        assert_eq!(got, ["room.created", "participant.joined"], "{room}");
+    }
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn an_event_is_given_up_after_the_retry_window(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.answer_with(503, Duration::ZERO);
+    let app = app_for(&pool, &receiver, &[("EVENT_RETRY_WINDOW_SECONDS", "1")]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &[]).await;
+    sweep_until_quiet(&app, Duration::from_secs(10)).await;
+    let outcomes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT e.type, a.outcome FROM event_attempt a JOIN call_event e ON e.event_id = a.event_id \
+         WHERE a.outcome = 'gave_up' ORDER BY a.id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("given up");
+    assert_eq!(
+        outcomes.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(),
+        ["room.created", "participant.joined"]
+    );
+    let owed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_event WHERE owed > 0")
+        .fetch_one(&pool)
+        .await
+        .expect("owed");
+    assert_eq!(owed, 0);
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_type_filter_sends_only_those_events(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    let endpoints = receiver.endpoints(Some(&["participant.invited", "room.ended"]));
+    let app = common::app_with(pool.clone(), &[("EVENT_ENDPOINTS", endpoints.as_str())]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    api.ended("r1").await;
+    assert_eq!(
+        receiver.story(),
+        pairs(&[("participant.invited", "b"), ("room.ended", "")])
+    );
+    assert_eq!(
+        receiver.accepted()[1].json["seq"],
+        6,
+        "seq counts every event of the room"
+    );
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn the_feed_pages_every_event_exactly_once(pool: DbPool) {
+    let app = common::app(pool.clone());
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    api.open("r2", "c", &[]).await;
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let query = if cursor.is_empty() {
+            "limit=2".to_owned()
+        } else {
+            format!("limit=2&after={cursor}")
+        };
+        let page = api.list_events(&api.service(), &query).await;
+        let data = page.ok("获取事件列表成功").clone();
+        let events = data["events"].as_array().expect("events").clone();
+        cursor = data["next_cursor"].as_str().expect("cursor").to_owned();
+        if events.is_empty() {
+            break;
+        }
+        if seen.len() == 3 {
+            // Events written between two pages come after the cursor.
+            api.ended("r2").await;
+        }
+        seen.extend(
+            events
+                .iter()
+                .map(|e| e["id"].as_str().unwrap_or("").to_owned()),
+        );
+    }
+    let mut all: Vec<String> = sqlx::query_scalar("SELECT event_id FROM call_event")
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no event twice: {seen:?}");
+    all.sort();
+    assert_eq!(unique, all, "every event once");
+}
+
+/// Transactions commit out of id order: the feed never hands out an event past one that is
+/// still to commit, so a reader paging by cursor cannot skip the late one.
+#[cfg(not(feature = "embedded"))]
+#[allow(clippy::disallowed_methods)] // the test holds an uncommitted event of its own
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbPool) {
+    use sqlx::Connection;
+    let app = common::app(pool.clone());
+    let api = Api::new(&app);
+    let mut conn = pool.acquire().await.expect("connection");
+    let mut late = conn.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO call_event (event_id, room_name, seq, type, occurred_at, payload, created_at) \
+         VALUES ('evt_late', 'elsewhere', 1, 'room.created', NOW(3), '{\"id\":\"evt_late\"}', NOW(3))",
+    )
+    .execute(&mut *late)
+    .await
+    .expect("uncommitted event");
+    // A later transaction gets a higher id and commits first.
+    api.open("r1", "a", &[]).await;
+    let first = api.list_events(&api.service(), "").await;
+    let first = first.ok("获取事件列表成功").clone();
+    let ids: Vec<&str> = first["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "r1's committed events, published without waiting: {ids:?}"
+    );
+    late.commit().await.expect("commit the late event");
+    let cursor = first["next_cursor"].as_str().expect("cursor");
+    let second = api
+        .list_events(&api.service(), &format!("after={cursor}"))
+        .await;
+    let second = second.ok("获取事件列表成功").clone();
+    let ids: Vec<&str> = second["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["evt_late"], "the late commit follows the cursor");
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn event_details_and_redelivery_are_for_services_only(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    let app = app_for(&pool, &receiver, &[]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &[]).await;
+    let id = receiver.accepted()[0].id.clone();
+    let details = api.get_event(&api.service(), &id).await;
+    let data = details.ok("获取事件详情成功").clone();
+    assert_eq!(data["event"]["type"], "room.created");
+    assert_eq!(data["deliveries"][0]["state"], "delivered");
+    assert_eq!(data["attempts"][0]["outcome"], "delivered");
+    assert_eq!(data["attempts"][0]["inline"], true);
+
+    let again = api.redeliver(&api.service(), &id).await;
+    let again = again.ok("事件已重新投递").clone();
+    assert_eq!(again["redelivery"]["delivered"], 1);
+    let copies: Vec<_> = receiver
+        .accepted()
+        .into_iter()
+        .filter(|r| r.id == id)
+        .collect();
+    assert_eq!(copies.len(), 2, "the same id and body again");
+    assert_eq!(copies[0].body, copies[1].body);
+    assert_eq!(again["attempts"].as_array().map(Vec::len), Some(2));
+
+    let user = api.user("a");
+    api.get_event(&user, &id).await.err(403, "forbidden");
+    api.redeliver(&user, &id).await.err(403, "forbidden");
+    api.list_events(&user, "").await.err(403, "forbidden");
+    api.get_event(&api.service(), "evt_0_0")
+        .await
+        .err(404, "event_not_found");
+    api.get_event(&api.service(), "bad id!")
+        .await
+        .err(400, "invalid_parameters");
+    api.list_events(&api.service(), "after=nonsense")
+        .await
+        .err(400, "invalid_parameters");
+    api.list_events(&api.service(), "limit=0")
+        .await
+        .err(400, "invalid_parameters");
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn redelivering_a_pending_event_keeps_the_room_in_order(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.answer_with(500, Duration::ZERO);
+    let app = app_for(&pool, &receiver, &[("EVENT_RETRY_BASE_MS", "600000")]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &[]).await;
+    // The head failed and waits ten minutes; asking for the second one delivers both, in order.
+    receiver.answer_with(200, Duration::ZERO);
+    let second: String =
+        sqlx::query_scalar("SELECT event_id FROM call_event WHERE room_name = 'r1' AND seq = 2")
+            .fetch_one(&pool)
+            .await
+            .expect("second");
+    let again = api.redeliver(&api.service(), &second).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(
+        receiver.story(),
+        pairs(&[("room.created", ""), ("participant.joined", "a")])
+    );
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn delivered_events_are_purged_after_the_retention(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    let app = app_for(&pool, &receiver, &[("EVENT_RETENTION_DAYS", "1")]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &[]).await;
+    sqlx::query("UPDATE call_event SET created_at = ?")
+        .bind(
+            Now::from_millis(Now::current().ms - 2 * 86_400_000)
+                .expect("instant")
+                .at,
+        )
+        .execute(&pool)
+        .await
+        .expect("age");
+    let report = event_sweeper::sweep(&app, Now::current())
+        .await
+        .expect("sweep");
+    assert_eq!(report.purged, 2);
+    let (events, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM call_event), (SELECT COUNT(*) FROM event_attempt)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("counts");
+    assert_eq!((events, attempts), (0, 0));
+}
