@@ -61,9 +61,17 @@ pub fn count(state: &CallState, created: bool) -> usize {
     state.touched().len() + usize::from(created)
 }
 
-/// The event id: stable across retries and redeliveries, unique because room names are.
-pub fn event_id(room: &Room, seq: i64) -> String {
-    format!("evt_{}_{seq}", room.id)
+/// A new event id: written once with the event, so stable across retries and redeliveries;
+/// random (96 bits), so unique across databases and resets too, which receivers that drop
+/// repeated ids rely on.
+pub fn new_event_id(room: &Room, seq: i64) -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        return format!("evt_{}_{seq}_{nanos:x}", room.id);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("evt_{hex}")
 }
 
 /// The JSON body every delivery of an event sends (and the feed returns).
@@ -291,9 +299,12 @@ mod tests {
     fn envelopes_carry_id_type_room_seq_and_time() {
         let state = rules::new_call(room(2), &[], at(0));
         let events = derive(&state, true);
-        let body = envelope(&event_id(&state.room, 1), &events[0], "r", 1);
+        let id = new_event_id(&state.room, 1);
+        assert!(id.starts_with("evt_") && id.len() == 28, "{id}");
+        assert_ne!(id, new_event_id(&state.room, 1), "ids never repeat");
+        let body = envelope(&id, &events[0], "r", 1);
         let parsed: Value = serde_json::from_str(&body).expect("JSON");
-        assert_eq!(parsed["id"], "evt_7_1");
+        assert_eq!(parsed["id"], id.as_str());
         assert_eq!(parsed["type"], "room.created");
         assert_eq!(parsed["room_name"], "r");
         assert_eq!(parsed["seq"], 1);

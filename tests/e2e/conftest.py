@@ -41,6 +41,8 @@ import pymysql
 import pytest
 from livekit import api as lk
 
+from receivers import Receiver, Receivers
+
 ROOT = Path(os.environ.get("E2E_ROOT") or Path(__file__).resolve().parents[2])
 DEV_SH = ROOT / "scripts" / "dev.sh"
 CONFIG_RS = ROOT / "shared" / "src" / "config.rs"
@@ -80,7 +82,18 @@ SCRUBBED_ENV = (
     "AWS_ENDPOINT_URL",
     "SWEEP_INTERVAL_SECONDS",
     "HOST",
+    "EVENT_ENDPOINTS",
 )
+
+# Business-event delivery in the shared jobs: both receivers of the `receivers` fixture, with
+# retries compressed from seconds to a fraction of one so the suites see them.
+EVENT_SETTINGS = {
+    "EVENT_RETRY_BASE_MS": "200",
+    "EVENT_RETRY_MAX_MS": "1000",
+    "EVENT_TIMEOUT_MS": "1000",
+    "EVENT_INLINE_BUDGET_MS": "300",
+    "EVENT_FAILURES_BEFORE_PAUSE": "3",
+}
 
 DEFAULT_TOKEN_TTL_S = 3600
 
@@ -442,7 +455,7 @@ def stop_tree(proc: subprocess.Popen) -> None:
     proc.poll()
 
 
-def start_job(backend: str, tmp: Path) -> tuple[subprocess.Popen, int, Path, Database]:
+def start_job(backend: str, tmp: Path, endpoints_json: str) -> tuple[subprocess.Popen, int, Path, Database]:
     port = free_port()
     log_path = tmp / f"dev-{backend}.log"
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
@@ -459,6 +472,8 @@ def start_job(backend: str, tmp: Path) -> tuple[subprocess.Popen, int, Path, Dat
         RATE_LIMIT_CREATE_PER_MIN="0",
         RATE_LIMIT_JOIN_PER_MIN="0",
         RATE_LIMIT_INVITE_PER_MIN="0",
+        EVENT_ENDPOINTS=endpoints_json,
+        **EVENT_SETTINGS,
     )
     sqlite_file = None
     if backend == "mariadb":
@@ -508,12 +523,22 @@ def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, started: flo
         time.sleep(1.0)
 
 
+@pytest.fixture(scope="session")
+def receivers():
+    """The business-event receivers every job delivers to (both backends share them; each
+    test's room names are its own)."""
+    both = Receivers(main=Receiver("main"), flaky=Receiver("flaky"), settings=EVENT_SETTINGS)
+    yield both
+    both.main.stop()
+    both.flaky.stop()
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-def service(request):
+def service(request, receivers):
     backend = request.param
     tmp = Path(tempfile.mkdtemp(prefix=f"call-e2e-{backend}-"))
     started = time.monotonic()
-    proc, port, log_path, db = start_job(backend, tmp)
+    proc, port, log_path, db = start_job(backend, tmp, receivers.endpoints_json())
     print(f"\n[e2e:{backend}] scripts/dev.sh --reset on port {port}, pid {proc.pid}, log {log_path}")
     failed_before = request.session.testsfailed
     try:

@@ -4,7 +4,6 @@ use serde_json::json;
 use crate::app::App;
 use crate::error::ApiError;
 use crate::http::{MAX_BODY_BYTES, header, msg, note, ok, respond};
-use crate::livekit::lifecycle_event;
 use crate::model::Now;
 use crate::store::WebhookOutcome;
 
@@ -19,7 +18,7 @@ pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, 
         let event = app
             .livekit
             .verify_webhook(body, header(&req, "authorization"))?;
-        let Some(event) = lifecycle_event(&event) else {
+        let Some(event) = event else {
             return ok(msg::WEBHOOK_HANDLED, json!({ "outcome": "ignored" }));
         };
         note(&event.room_name, None);

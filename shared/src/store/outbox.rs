@@ -65,7 +65,7 @@ pub(super) async fn write_events(
     );
     query.push_values(events.iter().enumerate(), |mut row, (i, event)| {
         let seq = first_seq + i as i64;
-        let id = events::event_id(room, seq);
+        let id = events::new_event_id(room, seq);
         let (endpoints, owed) = outbox.owed_to(event.event_type);
         let payload = events::envelope(&id, event, &room.room_name, seq);
         row.push_bind(id)
