@@ -44,10 +44,11 @@ for port in 3306 6379; do
 done
 
 # Every function package (as a per-function deploy builds it); the smoke run needs only the
-# five its warm, round-trip and load phases drive and the three reads of the scale phase.
+# five its warm, round-trip and load phases drive, the three reads of the scale phase and the
+# event sweeper of the events phase.
 names=()
 if [ "$mode" = smoke ]; then
-    names=(create-room get-room join-room list-rooms leave-room user-calls user-ringing)
+    names=(create-room get-room join-room list-rooms leave-room user-calls user-ringing deliver-events)
 else
     for manifest in functions/*/Cargo.toml; do
         names+=("$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)")

@@ -13,6 +13,7 @@ mod counting;
 mod events;
 mod gateway;
 mod http;
+mod outbox;
 mod raw;
 mod report;
 mod ringout;
@@ -94,8 +95,12 @@ pub struct Options {
     pub ringout_calls: usize,
 }
 
+/// Rounds of each endpoint setting in the events phase (fewer than the warm phase's: four
+/// settings, one of them waiting out a budget per request until the endpoint is paused).
+const EVENT_ROUNDS: usize = 300;
+
 pub const PHASES: &[&str] = &[
-    "sizes", "init", "warm", "counts", "load", "scale", "ringout",
+    "sizes", "init", "warm", "counts", "load", "scale", "ringout", "events",
 ];
 
 impl Options {
@@ -539,7 +544,9 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             "concurrency: {} workers, {} cycles, limit {:?}",
             ctx.opts.workers, ctx.opts.cycles, ctx.opts.time_limit
         ));
+        let before = event_count(&ctx).await?;
         let outcome = concurrency(&ctx).await?;
+        results.load_events = Some(event_count(&ctx).await? - before);
         results.load = Some(outcome.run);
         results.load_memory = outcome.memory;
         results.leftovers = outcome.leftovers;
@@ -558,6 +565,27 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             ctx.opts.ringout_calls
         ));
         results.ringout = Some(ringout::run(&ctx).await?);
+    }
+    if ctx.opts.runs("events") {
+        log(format!(
+            "business events: {} rounds per endpoint setting",
+            ctx.opts.rounds.min(EVENT_ROUNDS)
+        ));
+        let events_ctx = Ctx {
+            opts: Options {
+                rounds: ctx.opts.rounds.min(EVENT_ROUNDS),
+                ..ctx.opts.clone()
+            },
+            server: ctx.server.clone(),
+            db_url: ctx.db_url.clone(),
+            proxy_db_url: Box::new(|_| String::new()),
+            db_addr: ctx.db_addr.clone(),
+            auth: Auth::new(AUTH_SECRET),
+            service_token: ctx.service_token.clone(),
+            log_dir: ctx.log_dir.clone(),
+            prefix: ctx.prefix.clone(),
+        };
+        results.events = Some(outbox::run(&events_ctx).await?);
     }
     results.finish();
 
@@ -617,6 +645,17 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         ));
     }
     Ok(ctx.opts.out.clone())
+}
+
+/// Business events in the bench database (the load's events/s through the outbox).
+async fn event_count(ctx: &Ctx) -> Result<i64, String> {
+    let mut db = MySqlConnection::connect(&ctx.db_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query_scalar("SELECT COUNT(*) FROM call_event")
+        .fetch_one(&mut db)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn prepare_database(opts: &Options) -> Result<(), String> {

@@ -12,7 +12,8 @@
 #![allow(clippy::disallowed_methods)]
 
 use call_shared::cache::CachedRoom;
-use call_shared::model::{Now, ParticipantStatus, Room, RoomStatus};
+use call_shared::events;
+use call_shared::model::{EventType, Now, ParticipantStatus, Room, RoomStatus};
 use redis::aio::ConnectionManager;
 use sqlx::mysql::{MySqlConnection, MySqlRow};
 use sqlx::{Connection, Row};
@@ -27,7 +28,7 @@ macro_rules! room_columns {
             "r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
             "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
             "r.ring_timeout_seconds, r.max_duration_seconds, r.solo_timeout_seconds, ",
-            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline"
+            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline, r.event_seq"
         )
     };
 }
@@ -67,13 +68,16 @@ pub const LIVE_UIDS_ONE: &str =
     "SELECT uid FROM call_participant WHERE status IN (0, 1) AND uid IN (?)";
 pub const INSERT_ROOM: &str = "INSERT INTO call_room (source_channel_id, source_channel_type, creator, room_name, \
          call_type, invite_on, max_participants, status, created_at, updated_at, \
-         ring_timeout_seconds, max_duration_seconds, solo_timeout_seconds, deadline) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+         ring_timeout_seconds, max_duration_seconds, solo_timeout_seconds, deadline, \
+         event_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 pub const INSERT_PARTICIPANT: &str = "INSERT INTO call_participant (room_name, uid, status, join_time, leave_time, \
                  created_at, updated_at, reason, invited_at, ring_deadline, ring_seconds, \
                  talk_seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 pub const UPDATE_ROOM: &str = "UPDATE call_room SET status = ?, updated_at = ?, end_reason = ?, started_at = ?, \
-             ended_at = ?, solo_since = ?, deadline = ? WHERE id = ?";
+             ended_at = ?, solo_since = ?, deadline = ?, event_seq = ? WHERE id = ?";
+/// The change's events, one multi-row statement (store/outbox.rs `write_events`).
+pub const INSERT_EVENTS: &str = "INSERT INTO call_event (event_id, room_name, seq, type, occurred_at, payload, \
+         endpoints, owed, due_at, created_at) ";
 pub const UPDATE_PARTICIPANT: &str = "UPDATE call_participant SET status = ?, join_time = ?, leave_time = ?, \
                  updated_at = ?, reason = ?, invited_at = ?, ring_deadline = ?, \
                  ring_seconds = ?, talk_seconds = ? WHERE id = ?";
@@ -137,6 +141,7 @@ fn decode_room(row: &MySqlRow) -> Result<Room, sqlx::Error> {
             .ok_or_else(|| sqlx::Error::Decode("room status".into()))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        event_seq: row.try_get::<i32, _>("event_seq")?.into(),
         ..Room::default()
     })
 }
@@ -208,10 +213,26 @@ impl Raw {
             .bind(0i32)
             .bind(0i32)
             .bind(Some(now.at + RING_TIMEOUT))
+            .bind(2i64)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
         insert_participant(&mut tx, room_name, creator, now).await?;
+        let room = Room {
+            room_name: room_name.to_owned(),
+            creator: creator.to_owned(),
+            created_at: now.at,
+            updated_at: now.at,
+            ..Room::default()
+        };
+        insert_events(
+            &mut tx,
+            &room,
+            1,
+            &["room.created", "participant.joined"],
+            now,
+        )
+        .await?;
         tx.commit().await.map_err(db)
     }
 
@@ -273,8 +294,11 @@ impl Raw {
         self.count_request("join", uid).await?;
         let mut tx = self.db.begin_with(BEGIN).await.map_err(db)?;
         let (room, _) = lock_call(&mut tx, room_name, "join").await?;
-        update_room(&mut tx, room.id, RoomStatus::InProgress, now).await?;
+        // Rows first, then the room with its event counter, then the events.
         insert_participant(&mut tx, room_name, uid, now).await?;
+        let events = ["participant.joined", "room.started"];
+        update_room(&mut tx, &room, RoomStatus::InProgress, events.len(), now).await?;
+        insert_events(&mut tx, &room, room.event_seq + 1, &events, now).await?;
         tx.commit().await.map_err(db)?;
         self.forget(room_name).await
     }
@@ -330,7 +354,6 @@ impl Raw {
     pub async fn leave(&mut self, room_name: &str, uid: &str, now: Now) -> Res<()> {
         let mut tx = self.db.begin_with(BEGIN).await.map_err(db)?;
         let (room, parts) = lock_call(&mut tx, room_name, "leave").await?;
-        update_room(&mut tx, room.id, RoomStatus::Ended, now).await?;
         // The leaver first, then the one left behind, as the settle rule changes them.
         let mut ordered = parts.clone();
         ordered.sort_by_key(|p| p.uid != uid);
@@ -355,6 +378,9 @@ impl Raw {
                 .await
                 .map_err(db)?;
         }
+        let events = ["participant.left", "participant.left", "room.ended"];
+        update_room(&mut tx, &room, RoomStatus::Ended, events.len(), now).await?;
+        insert_events(&mut tx, &room, room.event_seq + 1, &events, now).await?;
         tx.commit().await.map_err(db)?;
         self.forget(room_name).await
     }
@@ -417,12 +443,49 @@ async fn lock_call(
         .ok_or_else(|| format!("raw {step}: no room {room_name}"))
 }
 
-async fn update_room(
+/// A change's events as the store writes them: one multi-row INSERT, each with an envelope
+/// of the room's size (`events::envelope`), owed to nobody (no endpoint configured).
+async fn insert_events(
     tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
-    id: i64,
-    status: RoomStatus,
+    room: &Room,
+    first_seq: i64,
+    types: &[&str],
     now: Now,
 ) -> Res<()> {
+    let data = serde_json::to_value(room).map_err(|e| e.to_string())?;
+    let mut query = sqlx::QueryBuilder::<sqlx::MySql>::new(INSERT_EVENTS);
+    query.push_values(types.iter().enumerate(), |mut row, (i, kind)| {
+        let seq = first_seq + i as i64;
+        let id = events::new_event_id(room, seq);
+        let event = events::NewEvent {
+            event_type: EventType::parse(kind).unwrap_or(EventType::RoomCreated),
+            occurred_at: now.at,
+            data: data.clone(),
+        };
+        let payload = events::envelope(&id, &event, &room.room_name, seq);
+        row.push_bind(id)
+            .push_bind(room.room_name.clone())
+            .push_bind(seq)
+            .push_bind(*kind)
+            .push_bind(now.at)
+            .push_bind(payload)
+            .push_bind(String::new())
+            .push_bind(0i16)
+            .push_bind(None::<chrono::NaiveDateTime>)
+            .push_bind(now.at);
+    });
+    query.build().execute(&mut **tx).await.map_err(db)?;
+    Ok(())
+}
+
+async fn update_room(
+    tx: &mut sqlx::Transaction<'_, sqlx::MySql>,
+    room: &Room,
+    status: RoomStatus,
+    new_events: usize,
+    now: Now,
+) -> Res<()> {
+    let id = room.id;
     let (ended, reason) = if status.is_final() {
         (Some(now.at), Some("completed"))
     } else {
@@ -436,6 +499,7 @@ async fn update_room(
         .bind(ended)
         .bind(None::<chrono::NaiveDateTime>)
         .bind(None::<chrono::NaiveDateTime>)
+        .bind(room.event_seq + new_events as i64)
         .bind(id)
         .execute(&mut **tx)
         .await
@@ -485,7 +549,7 @@ pub(crate) mod tests {
             "r.id, r.source_channel_id, r.source_channel_type, r.creator, r.room_name, ",
             "r.call_type, r.invite_on, r.max_participants, r.status, r.created_at, r.updated_at, ",
             "r.ring_timeout_seconds, r.max_duration_seconds, r.solo_timeout_seconds, ",
-            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline",
+            "r.end_reason, r.started_at, r.ended_at, r.solo_since, r.deadline, r.event_seq",
             "p.id AS p_id, p.uid AS p_uid, p.status AS p_status, p.join_time AS p_join_time, ",
             "p.leave_time AS p_leave_time, p.created_at AS p_created_at, ",
             "p.updated_at AS p_updated_at, p.reason AS p_reason, p.invited_at AS p_invited_at, ",
@@ -499,6 +563,8 @@ pub(crate) mod tests {
             INSERT_PARTICIPANT,
             UPDATE_ROOM,
             UPDATE_PARTICIPANT,
+            INSERT_EVENTS,
+            "query.push_values(events.iter().enumerate(), |mut row, (i, event)| {",
             "SELECT COUNT(*) FROM call_room r",
             " WHERE 1 = 1",
             " AND EXISTS (SELECT 1 FROM call_participant p WHERE p.room_name = r.room_name AND p.uid = ",
@@ -507,7 +573,8 @@ pub(crate) mod tests {
             // Every call transaction: BEGIN, then COMMIT on success or ROLLBACK on a refusal,
             // both awaited in `in_transaction` (the refused join's mirror ends with ROLLBACK).
             &format!("pub const BEGIN: &str = \"{BEGIN}\";"),
-            "begin_with(backend::BEGIN)",
+            "in_transaction_with(conn, backend::BEGIN, work)",
+            "conn.begin_with(begin)",
             "tx.commit().await?",
             "tx.rollback().await",
         ] {

@@ -57,6 +57,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "HOST",
     "LAMBDA_CONCURRENCY",
     "APP_ENV",
+    "EVENT_ENDPOINTS",
 ];
 
 /// scripts/dev.sh in a session of its own; dropping it stops every process of that session.
