@@ -53,6 +53,15 @@ case "${DATABASE_URL:-}" in
 esac
 BIN="$CARGO_TARGET_DIR/debug"
 
+# Where business events go (the endpoints' URLs only: their secrets never reach the screen).
+if [ -n "${EVENT_ENDPOINTS:-}" ]; then
+    EVENTS_TO="delivered to $(printf '%s' "$EVENT_ENDPOINTS" | python3 -c \
+        'import json, sys; print(", ".join(e.get("url", "?") for e in json.load(sys.stdin)))' \
+        2>/dev/null || echo "EVENT_ENDPOINTS (not valid JSON: the functions will say why)"), and GET /api/events"
+else
+    EVENTS_TO="GET /api/events only (set EVENT_ENDPOINTS to have them delivered)"
+fi
+
 log "building the functions ($BACKEND)"
 # Exactly what `cargo lambda watch` runs (no dev-dependencies), so it finds everything built.
 cargo build --quiet --workspace --bins "${FEATURES[@]}"
@@ -64,7 +73,7 @@ cat <<MSG
 
 Call service: http://$HOST:$PORT   (health: curl http://127.0.0.1:$PORT/health)
 Database: $BACKEND   Redis: ${REDIS_URL:-off}   Sweepers: every ${SWEEP_INTERVAL_SECONDS}s
-Business events: ${EVENT_ENDPOINTS:+delivered to EVENT_ENDPOINTS}${EVENT_ENDPOINTS:-the pull feed only (GET /api/events); set EVENT_ENDPOINTS to deliver them}
+Business events: $EVENTS_TO
 
 Service token (acts for any uid):
   export TOKEN=$SERVICE_TOKEN
