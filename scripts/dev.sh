@@ -72,6 +72,7 @@ eval "$("$BIN/dev_tokens" user_002)"
 cat <<MSG
 
 Call service: http://$HOST:$PORT   (health: curl http://127.0.0.1:$PORT/health)
+API docs: http://127.0.0.1:$PORT/api/docs   (OpenAPI 3.1: http://127.0.0.1:$PORT/api/openapi.json)
 Database: $BACKEND   Redis: ${REDIS_URL:-off}   Sweepers: every ${SWEEP_INTERVAL_SECONDS}s
 Business events: $EVENTS_TO
 

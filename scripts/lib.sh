@@ -21,5 +21,20 @@ ensure_arm64_target() {
     fi
 }
 
+# Debian's Chromium, for the docs page test (tests/e2e/test_contract.py).
+# GitHub's runners already carry Google Chrome, which the test takes as well.
+ensure_chromium() {
+    if command -v chromium >/dev/null || command -v google-chrome >/dev/null; then
+        return
+    fi
+    local sudo=()
+    [ "$(id -u)" = 0 ] || sudo=(sudo)
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ||
+        { "${sudo[@]}" apt-get update -q >/dev/null &&
+            "${sudo[@]}" apt-get install -y -q --no-install-recommends chromium >/dev/null; }
+    command -v chromium >/dev/null || { echo "FAIL: chromium could not be installed" >&2; exit 1; }
+}
+
 # Each step says when it starts (seconds since the script began), so a slow run shows where.
 log() { printf '\033[1m==> [%4ss] %s\033[0m\n' "$SECONDS" "$*" >&2; }

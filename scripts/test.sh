@@ -90,7 +90,8 @@ ensure_arm64_target
 "$VENV/bin/cargo-lambda" lambda build --arm64 --output-format zip -p health
 ls -l target/lambda/health/bootstrap.zip
 
-log "end-to-end: the local main job over HTTP"
+log "end-to-end: the local main job over HTTP (and the API contract: Chromium, schemathesis)"
+ensure_chromium
 python -m pytest tests/e2e -q
 
 # Benchmark harness smoke run: every phase of scripts/bench.sh once, with tiny counts on the

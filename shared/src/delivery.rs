@@ -41,7 +41,7 @@ pub enum Mode {
 }
 
 /// What one delivery pass did.
-#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryReport {
     pub delivered: usize,
     pub failed: usize,

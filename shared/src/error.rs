@@ -73,6 +73,59 @@ impl ApiError {
         }
     }
 
+    /// Every stable key, in the order of the variants (the API document lists them).
+    pub const KEYS: [&'static str; 19] = [
+        "invalid_parameters",
+        "unauthorized",
+        "forbidden",
+        "room_already_exists",
+        "channel_has_active_room",
+        "creator_in_another_call",
+        "participant_in_call",
+        "room_not_found",
+        "room_not_active",
+        "room_full",
+        "participant_not_invited",
+        "participant_removed",
+        "participant_not_found",
+        "event_not_found",
+        "invalid_transition",
+        "payload_too_large",
+        "rate_limited",
+        "service_unavailable",
+        "internal_error",
+    ];
+
+    /// One error of every kind (a new variant joins this list and KEYS), for the tests that
+    /// hold the API document to the code.
+    pub fn one_of_each() -> Vec<ApiError> {
+        vec![
+            ApiError::invalid("x"),
+            ApiError::Unauthorized,
+            ApiError::Forbidden,
+            ApiError::RoomAlreadyExists,
+            ApiError::ChannelHasActiveRoom {
+                room_name: "r".into(),
+            },
+            ApiError::CreatorInAnotherCall,
+            ApiError::ParticipantInCall { busy_uids: vec![] },
+            ApiError::RoomNotFound,
+            ApiError::RoomNotActive,
+            ApiError::RoomFull,
+            ApiError::ParticipantNotInvited,
+            ApiError::ParticipantRemoved,
+            ApiError::ParticipantNotFound,
+            ApiError::EventNotFound,
+            ApiError::InvalidTransition { from: 0, to: 0 },
+            ApiError::PayloadTooLarge,
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::ServiceUnavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ]
+    }
+
     /// The stable key clients branch on; never changes once published.
     pub fn key(&self) -> &'static str {
         match self {
@@ -194,6 +247,12 @@ impl From<sqlx::Error> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_lists_every_kind_once() {
+        let keys: Vec<&str> = ApiError::one_of_each().iter().map(ApiError::key).collect();
+        assert_eq!(keys, ApiError::KEYS);
+    }
 
     #[test]
     fn busy_participants_are_named_in_data() {

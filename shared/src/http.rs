@@ -268,6 +268,23 @@ mod tests {
         }
     }
 
+    /// API Gateway hands a body that is not UTF-8 over base64-encoded (a binary body); it is
+    /// refused as invalid JSON, never a 500.
+    #[test]
+    fn a_body_that_is_not_utf8_is_invalid_parameters() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Any {
+            #[allow(dead_code)]
+            status: i64,
+        }
+        let req = http::Request::builder()
+            .uri("/api/rooms/r1/status")
+            .body(Body::Binary(vec![0x17, 0x11, 0xff, b'{']))
+            .expect("request");
+        let err = parse_json::<Any>(&req).expect_err("not JSON");
+        assert_eq!(err.key(), "invalid_parameters");
+    }
+
     #[test]
     fn a_stage_prefix_is_ignored_and_other_routes_do_not_match() {
         let path = "/prod/api/rooms/r1/participants/u1/status";

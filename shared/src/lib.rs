@@ -14,6 +14,7 @@ pub mod http;
 pub mod i18n;
 pub mod livekit;
 pub mod model;
+pub mod openapi;
 pub mod outbound;
 pub mod rules;
 pub mod secrets;

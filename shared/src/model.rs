@@ -327,7 +327,7 @@ pub fn parse_cursor(text: &str) -> Option<i64> {
 /// Call type: voice rooms only let people publish their microphone.
 pub const CALL_TYPE_VOICE: i16 = 0;
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Room {
     pub id: i64,
     pub source_channel_id: String,
@@ -339,8 +339,10 @@ pub struct Room {
     pub max_participants: i32,
     pub status: RoomStatus,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: NaiveDateTime,
     /// How long an invite rings, in seconds.
     pub ring_timeout_seconds: i32,
@@ -350,8 +352,10 @@ pub struct Room {
     pub solo_timeout_seconds: i32,
     pub end_reason: Option<EndReason>,
     #[serde(with = "rfc3339_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<NaiveDateTime>,
     #[serde(with = "rfc3339_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<NaiveDateTime>,
     /// From started_at to ended_at; 0 until the room ends (and for a call that never ran).
     pub duration_seconds: i64,
@@ -376,7 +380,7 @@ impl Room {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Participant {
     pub id: i64,
     pub room_name: String,
@@ -387,15 +391,19 @@ pub struct Participant {
     /// Unix milliseconds, 0 when unset.
     pub leave_time: i64,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: NaiveDateTime,
     pub reason: Option<Reason>,
     /// When it last started ringing.
     #[serde(with = "rfc3339_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub invited_at: Option<NaiveDateTime>,
     /// While it rings: the instant it rings out.
     #[serde(with = "rfc3339_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ring_deadline: Option<NaiveDateTime>,
     /// Seconds it rang, summed over every ring.
     pub ring_seconds: i64,

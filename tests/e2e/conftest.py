@@ -124,15 +124,16 @@ class Database:
     """The service's database seen from another process: reads, and the checks that nothing
     the service did is still holding a transaction or a lock."""
 
-    def __init__(self, backend: str, sqlite_file: Optional[Path]):
+    def __init__(self, backend: str, sqlite_file: Optional[Path], database: str = MARIADB_DATABASE):
         self.backend = backend
         self.sqlite_file = sqlite_file
+        self.database = database
 
     # -- connections ---------------------------------------------------------------------
 
     def _mariadb(self, **kw):
         # `kw` overrides the defaults (assert_unlocked passes autocommit=False).
-        options = dict(database=MARIADB_DATABASE, autocommit=True, charset="utf8mb4", **MARIADB_ADMIN)
+        options = dict(database=self.database, autocommit=True, charset="utf8mb4", **MARIADB_ADMIN)
         options.update(kw)
         return pymysql.connect(**options)
 
@@ -177,7 +178,7 @@ class Database:
             "FROM information_schema.innodb_trx t "
             "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
             "WHERE p.db = ? AND p.id <> CONNECTION_ID()",
-            MARIADB_DATABASE,
+            self.database,
         )
 
     def assert_no_open_transaction(self, within_s: float = 5.0) -> None:
@@ -455,7 +456,10 @@ def stop_tree(proc: subprocess.Popen) -> None:
     proc.poll()
 
 
-def start_job(backend: str, tmp: Path, endpoints_json: str) -> tuple[subprocess.Popen, int, Path, Database]:
+def start_job(backend: str, tmp: Path, endpoints_json: str, database: str = MARIADB_DATABASE,
+              redis_url: str = REDIS_URL) -> tuple[subprocess.Popen, int, Path, Database]:
+    """The local main job on `backend` (MariaDB: in `database`, emptied first, with Redis at
+    `redis_url`)."""
     port = free_port()
     log_path = tmp / f"dev-{backend}.log"
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
@@ -478,8 +482,8 @@ def start_job(backend: str, tmp: Path, endpoints_json: str) -> tuple[subprocess.
     sqlite_file = None
     if backend == "mariadb":
         env.update(
-            DATABASE_URL=f"mysql://root@127.0.0.1:3306/{MARIADB_DATABASE}",
-            REDIS_URL=REDIS_URL,
+            DATABASE_URL=f"mysql://root@127.0.0.1:3306/{database}",
+            REDIS_URL=redis_url,
         )
     else:
         sqlite_file = tmp / "call.db"
@@ -495,7 +499,7 @@ def start_job(backend: str, tmp: Path, endpoints_json: str) -> tuple[subprocess.
         start_new_session=True,  # own session and process group: teardown kills the tree
     )
     proc.log_file = log  # type: ignore[attr-defined]
-    return proc, port, log_path, Database(backend, sqlite_file)
+    return proc, port, log_path, Database(backend, sqlite_file, database)
 
 
 def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, started: float) -> Reply:

@@ -16,8 +16,9 @@ use crate::validate;
 /// Events per feed page unless `limit` says otherwise.
 const FEED_PAGE_DEFAULT: i64 = 50;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Feed {
+    #[schema(value_type = Vec<crate::openapi::Event>)]
     events: Vec<Box<RawValue>>,
     /// Where the next read starts: the last event of this page, or `after` when it was empty.
     next_cursor: String,
@@ -25,25 +26,47 @@ struct Feed {
     has_more: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// Where the event stands with one endpoint.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Delivery {
     endpoint: String,
     url: String,
     /// pending, delivered or gave_up.
+    #[schema(value_type = crate::openapi::DeliveryState)]
     state: &'static str,
     attempts: usize,
 }
 
-#[derive(Debug, Serialize)]
+/// The event, where it stands with each endpoint, and every attempt.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EventDetails {
+    #[schema(value_type = crate::openapi::Event)]
     event: Box<RawValue>,
     deliveries: Vec<Delivery>,
     attempts: Vec<EventAttempt>,
+    /// Only in the answer to a redelivery: what it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     redelivery: Option<DeliveryReport>,
 }
 
-/// GET /api/events?after=<cursor>&limit=: every event exactly once, in publication order.
+/// The events feed
+///
+/// Every event exactly once, in publication order: page with `after` = the previous page's
+/// `next_cursor`. Service tokens only.
+#[utoipa::path(
+    get, path = "/api/events", tag = "events", operation_id = "listEvents",
+    params(
+        ("after" = Option<String>, Query,
+            description = "A previous page's next_cursor; absent: from the oldest kept event."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100,
+            description = "Events per page, 1-100 (default 50)."),
+    ),
+    responses(
+        (status = 200, description = "获取事件列表成功 (Events listed)", body = Feed,
+            links(("getEvent" = (operation_id = "getEvent",
+                parameters(("id" = "$response.body#/data/events/0/id")))))),
+    )
+)]
 pub async fn list_events(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("list-events", &req, async {
         app.caller(&req)?.must_be_service()?;
@@ -86,7 +109,20 @@ pub async fn list_events(app: &App, req: Request) -> Result<Response<Body>, Erro
     .await
 }
 
-/// GET /api/events/{id}: the event, where it stands with each endpoint, every attempt.
+/// One event
+///
+/// The event, where it stands with each endpoint, and every attempt. Service tokens only.
+#[utoipa::path(
+    get, path = "/api/events/{id}", tag = "events", operation_id = "getEvent",
+    params(("id" = String, Path, max_length = 40, pattern = r"^[A-Za-z0-9_]+$",
+        description = "The event's id (evt_…).")),
+    responses(
+        (status = 200, description = "获取事件详情成功 (Event fetched)", body = EventDetails,
+            links(("redeliverEvent" = (operation_id = "redeliverEvent",
+                parameters(("id" = "$request.path.id")))))),
+        (status = 404, description = "event_not_found: no such event, or purged"),
+    )
+)]
 pub async fn get_event(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("get-event", &req, async {
         app.caller(&req)?.must_be_service()?;
@@ -96,8 +132,19 @@ pub async fn get_event(app: &App, req: Request) -> Result<Response<Body>, Error>
     .await
 }
 
-/// POST /api/events/{id}/redeliver: sends the event again now (in order where it is still
-/// pending), and answers with its details after the attempt.
+/// Redeliver an event
+///
+/// Sends the event again now (in order where it is still pending), and answers with its
+/// details after the attempt. Service tokens only.
+#[utoipa::path(
+    post, path = "/api/events/{id}/redeliver", tag = "events", operation_id = "redeliverEvent",
+    params(("id" = String, Path, max_length = 40, pattern = r"^[A-Za-z0-9_]+$",
+        description = "The event's id (evt_…).")),
+    responses(
+        (status = 200, description = "事件已重新投递 (Event redelivered)", body = EventDetails),
+        (status = 404, description = "event_not_found: no such event, or purged"),
+    )
+)]
 pub async fn redeliver_event(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("redeliver-event", &req, async {
         app.caller(&req)?.must_be_service()?;

@@ -1,12 +1,13 @@
 //! One async function per endpoint. Each reads like the contract: who is calling, what they
 //! sent, what the store did, what goes back.
 
-mod events;
-mod health;
-mod participants;
-mod rooms;
-mod users;
-mod webhook;
+pub mod docs;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod participants;
+pub(crate) mod rooms;
+pub(crate) mod users;
+pub(crate) mod webhook;
 
 pub use events::{get_event, list_events, redeliver_event};
 pub use health::health;

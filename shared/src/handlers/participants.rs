@@ -6,13 +6,25 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, parse_json, path_param, respond};
-use crate::model::{Now, ParticipantStatus};
+use crate::model::{Now, Participant, ParticipantStatus};
 use crate::rules::{Action, CallState};
 use crate::validate;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"room_name": "meeting_001", "uid": "user_002"}))]
 struct RoomAndUid {
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f]+$"
+    )]
     room_name: String,
+    /// A user token may only name itself.
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f]+$"
+    )]
     uid: String,
 }
 
@@ -24,17 +36,25 @@ impl RoomAndUid {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"uids": ["user_003", "user_004"]}))]
 struct InviteBody {
+    /// 1–100 uids to ring (again).
+    #[schema(value_type = Vec<crate::openapi::Name>, min_items = 1, max_items = 100)]
     uids: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct StatusBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": 1}))]
+struct ParticipantStatusBody {
+    /// 0 邀请中 (the creator rings again), 1 已加入, 2 已拒绝, 3 已挂断, 4 超时未加入, 5 通话中未接听,
+    /// 6 已取消 (the creator cancels an invite). A user sets its own row to 1, 2 or 3.
+    #[schema(value_type = ParticipantStatus)]
     status: i64,
 }
 
-#[derive(Debug, Serialize)]
+/// The row, a fresh LiveKit token for it and where to connect.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Joined<'a> {
     id: i64,
     room_name: &'a str,
@@ -45,7 +65,27 @@ struct Joined<'a> {
     join_time: i64,
 }
 
-/// POST /api/participants/join: a fresh token every time, even for a repeated join.
+/// Join a room
+///
+/// A fresh token every time, even for a repeated join. An invite-only room (`invite_on` 1)
+/// takes only uids that were rung; a uid ringing or talking in another call is refused.
+#[utoipa::path(
+    post, path = "/api/participants/join", tag = "participants", operation_id = "joinRoom",
+    request_body = RoomAndUid,
+    responses(
+        (status = 200, description = "加入房间成功 (Joined room)", body = Joined,
+            links(("leaveRoom" = (operation_id = "leaveRoom",
+                request_body = json!({"room_name": "$response.body#/data/room_name",
+                    "uid": "$response.body#/data/uid"}))))),
+        (status = 403, description = "participant_not_invited: an invite-only room and this \
+            uid was not rung; participant_removed: taken out of this call before; forbidden"),
+        (status = 404, description = "room_not_found"),
+        (status = 409, description = "room_not_active: the room ended or was cancelled \
+            (or nobody answered before the ring deadline); room_full; participant_in_call: \
+            the uid rings or talks in another call (data.busy_uids)"),
+        (status = 429, description = "rate_limited (Retry-After)"),
+    )
+)]
 pub async fn join_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("join-room", &req, async {
         let caller = app.caller(&req)?;
@@ -84,7 +124,20 @@ pub async fn join_room(app: &App, req: Request) -> Result<Response<Body>, Error>
     .await
 }
 
-/// POST /api/participants/leave: the updated row; leaving again is 200 unchanged.
+/// Leave a room
+///
+/// The updated row; leaving again is 200 unchanged. The last but one to leave ends the call.
+#[utoipa::path(
+    post, path = "/api/participants/leave", tag = "participants", operation_id = "leaveRoom",
+    request_body = RoomAndUid,
+    responses(
+        (status = 200, description = "离开房间成功 (Left room)", body = Participant),
+        (status = 404, description = "room_not_found; participant_not_found: the uid has no \
+            row in the room"),
+        (status = 409, description = "room_not_active; invalid_transition: the row cannot \
+            move to hung up from where it is (data.from, data.to)"),
+    )
+)]
 pub async fn leave_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("leave-room", &req, async {
         let caller = app.caller(&req)?;
@@ -108,7 +161,19 @@ pub async fn leave_room(app: &App, req: Request) -> Result<Response<Body>, Error
     .await
 }
 
-/// GET /api/rooms/{room_name}/participants
+/// List a room's participants
+///
+/// Every row as of now (a ring deadline that has passed shows as 4).
+#[utoipa::path(
+    get, path = "/api/rooms/{room_name}/participants", tag = "participants",
+    operation_id = "listParticipants",
+    params(("room_name" = String, Path, description = "The room's name, percent-encoded.")),
+    responses(
+        (status = 200, description = "获取参与者列表成功 (Participants listed)",
+            body = Vec<Participant>),
+        (status = 404, description = "room_not_found"),
+    )
+)]
 pub async fn list_participants(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("list-participants", &req, async {
         let caller = app.caller(&req)?;
@@ -126,7 +191,24 @@ pub async fn list_participants(app: &App, req: Request) -> Result<Response<Body>
     .await
 }
 
-/// POST /api/rooms/{room_name}/invite: the rows concerned, busy invitees as status 5.
+/// Invite participants
+///
+/// Rings the uids (again); the rows concerned come back, busy invitees as status 5. The
+/// creator or a service only.
+#[utoipa::path(
+    post, path = "/api/rooms/{room_name}/invite", tag = "participants",
+    operation_id = "inviteParticipants",
+    params(("room_name" = String, Path, description = "The room's name, percent-encoded.")),
+    request_body = InviteBody,
+    responses(
+        (status = 200, description = "邀请参与者成功 (Participants invited)",
+            body = Vec<Participant>),
+        (status = 404, description = "room_not_found"),
+        (status = 409, description = "room_not_active; room_full: more live rows than \
+            max_participants"),
+        (status = 429, description = "rate_limited (Retry-After)"),
+    )
+)]
 pub async fn invite_participants(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("invite-participants", &req, async {
         let caller = app.caller(&req)?;
@@ -152,14 +234,35 @@ pub async fn invite_participants(app: &App, req: Request) -> Result<Response<Bod
     .await
 }
 
-/// PUT /api/rooms/{room_name}/participants/{uid}/status
+/// Set a participant's status
+///
+/// Moves a row along the participant lifecycle (README: participant transitions).
+#[utoipa::path(
+    put, path = "/api/rooms/{room_name}/participants/{uid}/status", tag = "participants",
+    operation_id = "updateParticipantStatus",
+    params(
+        ("room_name" = String, Path, description = "The room's name, percent-encoded."),
+        ("uid" = String, Path, description = "The participant's uid, percent-encoded."),
+    ),
+    request_body = ParticipantStatusBody,
+    responses(
+        (status = 200, description = "更新参与者状态成功 (Participant status updated)",
+            body = Participant),
+        (status = 403, description = "forbidden: a user sets only its own row to 1, 2 or \
+            3, and the creator rings (0) or cancels (6) others; participant_not_invited; \
+            participant_removed"),
+        (status = 404, description = "room_not_found; participant_not_found"),
+        (status = 409, description = "invalid_transition (data.from, data.to); \
+            room_not_active; room_full; participant_in_call (data.busy_uids)"),
+    )
+)]
 pub async fn update_participant_status(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("update-participant-status", &req, async {
         let caller = app.caller(&req)?;
         let room_name = path_param(&req, routes::PARTICIPANT_STATUS, "room_name")?;
         let uid = path_param(&req, routes::PARTICIPANT_STATUS, "uid")?;
         note(&room_name, Some(&uid));
-        let body: StatusBody = parse_json(&req)?;
+        let body: ParticipantStatusBody = parse_json(&req)?;
         let status = ParticipantStatus::from_code(body.status)
             .ok_or_else(|| ApiError::invalid("status must be between 0 and 6"))?;
         let action = Action::for_target(status);
@@ -176,9 +279,24 @@ pub async fn update_participant_status(app: &App, req: Request) -> Result<Respon
     .await
 }
 
-/// POST /api/rooms/{room_name}/participants/{uid}/remove: the creator or a service takes
-/// someone out of the call (3, `removed`); LiveKit is asked to disconnect them after the
-/// commit, and they cannot join this room again through the API.
+/// Remove a participant
+///
+/// The creator or a service takes someone out of the call (3, `removed`); LiveKit is asked to
+/// disconnect them after the commit, and they cannot join this room again through the API.
+#[utoipa::path(
+    post, path = "/api/rooms/{room_name}/participants/{uid}/remove", tag = "participants",
+    operation_id = "removeParticipant",
+    params(
+        ("room_name" = String, Path, description = "The room's name, percent-encoded."),
+        ("uid" = String, Path, description = "The participant's uid, percent-encoded."),
+    ),
+    responses(
+        (status = 200, description = "移出参与者成功 (Participant removed)", body = Participant),
+        (status = 404, description = "room_not_found; participant_not_found"),
+        (status = 409, description = "room_not_active; invalid_transition: the row is \
+            not in the call (data.from, data.to)"),
+    )
+)]
 pub async fn remove_participant(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("remove-participant", &req, async {
         let caller = app.caller(&req)?;

@@ -6,37 +6,79 @@ use crate::cache::CachedRoom;
 use crate::error::ApiError;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, parse_json, path_param, query_param, respond};
-use crate::model::{CallLimits, Now, RoomStatus};
+use crate::model::{CallLimits, Now, Room, RoomStatus};
 use crate::rules;
-use crate::store::{NewRoom, RoomFilter};
+use crate::store::{ListedRooms, NewRoom, RoomFilter};
 use crate::validate;
 
-#[derive(Debug, Deserialize)]
+/// The seed's fields, then the call's limits (each optional, defaults from configuration).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "source_channel_id": "channel_123",
+    "source_channel_type": 0,
+    "creator": "user_001",
+    "room_name": "meeting_001",
+    "call_type": 1,
+    "invite_on": 1
+}))]
 struct CreateRoom {
+    /// The IM channel the call belongs to; one open room per channel.
     #[serde(default)]
+    #[schema(max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     source_channel_id: Option<String>,
+    /// 0 one-to-one chat, 1 group chat, … (the IM's own numbering), 0–255.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 255)]
     source_channel_type: Option<i64>,
+    /// The uid placing the call; a user token may only name itself.
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f]+$"
+    )]
     creator: String,
+    /// Generated (`room_` and 16 hex digits) when absent.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 40,
+        pattern = r"^(?!\.\.?$)[^\s/\x00-\x1f\x7f-\x9f]+$"
+    )]
     room_name: Option<String>,
+    /// 0 voice, 1 video (default).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     call_type: Option<i64>,
+    /// 1: only invited uids may join; 0 (default): anyone with the name may.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1)]
     invite_on: Option<i64>,
+    /// 0 or absent: 2; else 2 up to the configured limit (MAX_PARTICIPANTS_LIMIT, 50 by
+    /// default; above it is 400).
     #[serde(default)]
+    #[schema(minimum = 0)]
     max_participants: Option<i64>,
+    /// Who to ring at once (the creator is left out if named).
     #[serde(default)]
+    #[schema(value_type = Option<Vec<crate::openapi::Name>>, max_items = 100)]
     uids: Option<Vec<String>>,
+    /// How long an invite rings.
     #[serde(default)]
+    #[schema(minimum = 5, maximum = 180)]
     ring_timeout_seconds: Option<i64>,
+    /// The longest the call may run.
     #[serde(default)]
+    #[schema(minimum = 60, maximum = 86400)]
     max_duration_seconds: Option<i64>,
+    /// A running call with one joined participant for this long ends (solo_timeout).
     #[serde(default)]
+    #[schema(minimum = 10, maximum = 3600)]
     solo_timeout_seconds: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// The new room, the creator's LiveKit token and every row (the creator joined, invitees
+/// ringing or busy).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Created<'a> {
     id: i64,
     room_name: &'a str,
@@ -44,20 +86,66 @@ struct Created<'a> {
     livekit_url: &'a str,
     status: RoomStatus,
     #[serde(with = "crate::model::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     created_at: chrono::NaiveDateTime,
     max_participants: i32,
     ring_timeout_seconds: i32,
     max_duration_seconds: i32,
     solo_timeout_seconds: i32,
+    #[schema(value_type = Vec<crate::model::Participant>)]
     participants: &'a [crate::model::Participant],
 }
 
-#[derive(Debug, Deserialize)]
-struct StatusBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": 1}))]
+struct RoomStatusBody {
+    /// 0 未开始, 1 进行中, 2 已结束, 3 已取消.
+    #[schema(value_type = RoomStatus)]
     status: i64,
 }
 
-/// POST /api/rooms
+/// Create a room
+///
+/// The creator joins at once and gets a LiveKit token; `uids` are rung (a uid in another call
+/// is recorded busy, status 5). The seed's example with its answer:
+/// `{"code":0,"msg":"房间创建成功","data":{"id":1,"room_name":"meeting_001","token":"eyJhbGc...",
+/// "livekit_url":"http://localhost:7880","status":0,"created_at":"2024-01-15T10:30:00Z"}}`.
+#[utoipa::path(
+    post, path = "/api/rooms", tag = "rooms", operation_id = "createRoom",
+    request_body = CreateRoom,
+    responses(
+        (status = 200, description = "房间创建成功 (Room created)", body = Created,
+            links(
+                ("getRoom" = (operation_id = "getRoom",
+                    parameters(("room_name" = "$response.body#/data/room_name")))),
+                ("listParticipants" = (operation_id = "listParticipants",
+                    parameters(("room_name" = "$response.body#/data/room_name")))),
+                ("joinRoom" = (operation_id = "joinRoom",
+                    request_body = json!({"room_name": "$response.body#/data/room_name",
+                        "uid": "$response.body#/data/participants/0/uid"}))),
+                ("leaveRoom" = (operation_id = "leaveRoom",
+                    request_body = json!({"room_name": "$response.body#/data/room_name",
+                        "uid": "$response.body#/data/participants/0/uid"}))),
+                ("inviteParticipants" = (operation_id = "inviteParticipants",
+                    parameters(("room_name" = "$response.body#/data/room_name")))),
+                ("updateRoomStatus" = (operation_id = "updateRoomStatus",
+                    parameters(("room_name" = "$response.body#/data/room_name")))),
+                ("endRoom" = (operation_id = "endRoom",
+                    parameters(("room_name" = "$response.body#/data/room_name")))),
+                ("removeParticipant" = (operation_id = "removeParticipant",
+                    parameters(("room_name" = "$response.body#/data/room_name"),
+                        ("uid" = "$response.body#/data/participants/0/uid")))),
+                ("updateParticipantStatus" = (operation_id = "updateParticipantStatus",
+                    parameters(("room_name" = "$response.body#/data/room_name"),
+                        ("uid" = "$response.body#/data/participants/0/uid")))),
+            )),
+        (status = 409, description = "room_already_exists: the name is taken; \
+            channel_has_active_room: the channel has an open room (data.room_name); \
+            creator_in_another_call: the creator rings or talks elsewhere"),
+        (status = 429, description = "rate_limited: too many rooms created by this uid \
+            (Retry-After)"),
+    )
+)]
 pub async fn create_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("create-room", &req, async {
         let caller = app.caller(&req)?;
@@ -165,8 +253,19 @@ fn generated_room_name() -> Result<String, ApiError> {
     }))
 }
 
-/// GET /api/rooms/{room_name}: from the cache when it has the room as it is now, else one
-/// query (a passed deadline is applied by the rules either way).
+/// Get a room
+///
+/// The room as of now: from the cache when it has the room as it is now, else one query (a
+/// passed deadline is applied by the rules either way). A user token reads only rooms it is
+/// in.
+#[utoipa::path(
+    get, path = "/api/rooms/{room_name}", tag = "rooms", operation_id = "getRoom",
+    params(("room_name" = String, Path, description = "The room's name, percent-encoded.")),
+    responses(
+        (status = 200, description = "获取房间信息成功 (Room fetched)", body = Room),
+        (status = 404, description = "room_not_found"),
+    )
+)]
 pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("get-room", &req, async {
         let caller = app.caller(&req)?;
@@ -197,7 +296,29 @@ pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
     .await
 }
 
-/// GET /api/rooms?limit=&offset=&cursor=&status=&creator=&uid=&source_channel_id=
+/// List rooms
+///
+/// Newest first, with the seed's `limit`/`offset` paging or a keyset `cursor` (a previous
+/// page's `next_cursor`) for deep pages. A user token lists only the rooms it is in.
+#[utoipa::path(
+    get, path = "/api/rooms", tag = "rooms", operation_id = "listRooms",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100,
+            description = "Rooms per page, 1-100 (default 10)."),
+        ("offset" = Option<i64>, Query, minimum = 0, maximum = 2147483647,
+            description = "Rooms to skip (not with cursor)."),
+        ("cursor" = Option<String>, Query,
+            description = "A previous page's next_cursor (not with offset)."),
+        ("status" = Option<RoomStatus>, Query, description = "Only rooms in this status."),
+        ("creator" = Option<crate::openapi::Name>, Query, description = "Only rooms this uid created."),
+        ("uid" = Option<crate::openapi::Name>, Query, description = "Only rooms this uid has a row in."),
+        ("source_channel_id" = Option<String>, Query, max_length = 100,
+            description = "Only rooms of this channel."),
+    ),
+    responses(
+        (status = 200, description = "获取房间列表成功 (Rooms listed)", body = ListedRooms),
+    )
+)]
 pub async fn list_rooms(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("list-rooms", &req, async {
         let caller = app.caller(&req)?;
@@ -245,13 +366,27 @@ fn checked_name(value: Option<String>, field: &str) -> Result<Option<String>, Ap
     Ok(value)
 }
 
-/// PUT /api/rooms/{room_name}/status
+/// Set a room's status
+///
+/// 1 starts a room, 2 ends it, 3 cancels one that has not started (README: room
+/// transitions). The creator or a service only.
+#[utoipa::path(
+    put, path = "/api/rooms/{room_name}/status", tag = "rooms", operation_id = "updateRoomStatus",
+    params(("room_name" = String, Path, description = "The room's name, percent-encoded.")),
+    request_body = RoomStatusBody,
+    responses(
+        (status = 200, description = "更新房间状态成功 (Room status updated)", body = Room),
+        (status = 404, description = "room_not_found"),
+        (status = 409, description = "invalid_transition: not allowed from the room's \
+            status (data.from, data.to)"),
+    )
+)]
 pub async fn update_room_status(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("update-room-status", &req, async {
         let caller = app.caller(&req)?;
         let room_name = path_param(&req, routes::ROOM_STATUS, "room_name")?;
         note(&room_name, caller.uid());
-        let body: StatusBody = parse_json(&req)?;
+        let body: RoomStatusBody = parse_json(&req)?;
         let status = RoomStatus::from_code(body.status)
             .ok_or_else(|| ApiError::invalid("status must be 0, 1, 2 or 3"))?;
         let result = app
@@ -267,7 +402,18 @@ pub async fn update_room_status(app: &App, req: Request) -> Result<Response<Body
     .await
 }
 
-/// POST /api/rooms/{room_name}/end
+/// End a room
+///
+/// Everyone joined hangs up, every invite still ringing stops; ending a final room again is
+/// 200 unchanged. The creator or a service only.
+#[utoipa::path(
+    post, path = "/api/rooms/{room_name}/end", tag = "rooms", operation_id = "endRoom",
+    params(("room_name" = String, Path, description = "The room's name, percent-encoded.")),
+    responses(
+        (status = 200, description = "结束房间成功 (Room ended)", body = Room),
+        (status = 404, description = "room_not_found"),
+    )
+)]
 pub async fn end_room(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("end-room", &req, async {
         let caller = app.caller(&req)?;

@@ -7,16 +7,27 @@ use crate::app::App;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, path_param, query_param, respond};
 use crate::model::Now;
-use crate::store::HistoryEntry;
+use crate::store::{HistoryEntry, Ringing};
 use crate::validate;
 
-#[derive(Debug, Serialize)]
+/// One page of a uid's calls; `next_cursor` continues it (null: the last page).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct History {
     calls: Vec<HistoryEntry>,
     next_cursor: Option<String>,
 }
 
-/// GET /api/users/{uid}/ringing: what an app asks on start when a push was lost.
+/// A uid's ringing calls
+///
+/// The live invites of a uid, newest first: what an app asks on start when a push was lost.
+/// A user token reads only its own uid.
+#[utoipa::path(
+    get, path = "/api/users/{uid}/ringing", tag = "users", operation_id = "userRinging",
+    params(("uid" = String, Path, description = "The uid, percent-encoded.")),
+    responses(
+        (status = 200, description = "获取来电成功 (Ringing calls listed)", body = Vec<Ringing>),
+    )
+)]
 pub async fn user_ringing(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("user-ringing", &req, async {
         let caller = app.caller(&req)?;
@@ -29,7 +40,22 @@ pub async fn user_ringing(app: &App, req: Request) -> Result<Response<Body>, Err
     .await
 }
 
-/// GET /api/users/{uid}/calls?limit=&cursor=: newest first, by keyset.
+/// A uid's call history
+///
+/// Newest first, by keyset: pages stay stable while calls are added. A user token reads only
+/// its own uid.
+#[utoipa::path(
+    get, path = "/api/users/{uid}/calls", tag = "users", operation_id = "userCalls",
+    params(
+        ("uid" = String, Path, description = "The uid, percent-encoded."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100,
+            description = "Calls per page, 1-100 (default 10)."),
+        ("cursor" = Option<String>, Query, description = "A previous page's next_cursor."),
+    ),
+    responses(
+        (status = 200, description = "获取通话记录成功 (Call history listed)", body = History),
+    )
+)]
 pub async fn user_calls(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("user-calls", &req, async {
         let caller = app.caller(&req)?;

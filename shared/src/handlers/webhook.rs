@@ -7,8 +7,23 @@ use crate::http::{MAX_BODY_BYTES, header, msg, note, ok, respond};
 use crate::model::Now;
 use crate::store::WebhookOutcome;
 
-/// POST /api/webhooks/livekit: LiveKit's own account of who joined, left, or closed a room.
-/// Signed by LiveKit (JWT in Authorization carrying the body's sha256), not by our bearer auth.
+/// LiveKit webhook
+///
+/// LiveKit's own account of who joined, left, or closed a room. Signed by LiveKit (a JWT in
+/// `Authorization` carrying the body's sha256, with the LiveKit API key and secret), not by
+/// our bearer tokens. Repeated deliveries of one event are applied once.
+#[utoipa::path(
+    post, path = "/api/webhooks/livekit", tag = "livekit", operation_id = "livekitWebhook",
+    request_body(content = Object, content_type = "application/webhook+json",
+        description = "LiveKit's WebhookEvent (room_finished, participant_joined, \
+            participant_left, …) as LiveKit sends it."),
+    params(("Authorization" = String, Header,
+        description = "LiveKit's signature: a JWT whose sha256 claim is the body's.")),
+    responses(
+        (status = 200, description = "事件已处理 (Event handled)",
+            body = crate::openapi::WebhookHandled),
+    )
+)]
 pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("livekit-webhook", &req, async {
         let body: &[u8] = req.body().as_ref();

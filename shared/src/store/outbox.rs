@@ -161,11 +161,13 @@ pub struct StoredEvent {
 }
 
 /// An attempt as recorded, for `GET /api/events/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventAttempt {
     pub endpoint: String,
     pub url: String,
     pub attempt: i64,
+    /// delivered, failed (tried again later) or gave_up.
+    #[schema(value_type = crate::openapi::AttemptOutcome)]
     pub outcome: String,
     pub http_status: Option<i64>,
     pub latency_ms: i64,
@@ -173,8 +175,10 @@ pub struct EventAttempt {
     /// 1 for a first attempt made inside the API request that caused the event.
     #[sqlx(rename = "inline_attempt")]
     #[serde(rename = "inline", serialize_with = "as_bool")]
+    #[schema(value_type = bool)]
     pub inline: i16,
     #[serde(with = "crate::model::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub attempted_at: NaiveDateTime,
 }
 

@@ -8,15 +8,16 @@ use super::*;
 use crate::model::{Page, cursor_of};
 
 /// One page of the room list; `next_cursor` continues it by keyset (None: the last page).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ListedRooms {
     pub rooms: Vec<Room>,
+    /// How many rooms match the filter (the seed's total), whatever the page.
     pub total: i64,
     pub next_cursor: Option<String>,
 }
 
 /// A live invite of a uid, as an app shows its incoming call screen.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Ringing {
     pub room_name: String,
     pub caller: String,
@@ -24,16 +25,19 @@ pub struct Ringing {
     pub source_channel_id: String,
     pub source_channel_type: i16,
     #[serde(with = "crate::model::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub invited_at: NaiveDateTime,
     #[serde(with = "crate::model::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub ring_deadline: NaiveDateTime,
 }
 
 /// One call in a uid's history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub room_name: String,
     /// `outgoing` when the uid created the call, else `incoming`.
+    #[schema(value_type = crate::openapi::Direction)]
     pub direction: &'static str,
     pub call_type: i16,
     pub creator: String,
@@ -46,10 +50,13 @@ pub struct HistoryEntry {
     pub participant_status: ParticipantStatus,
     pub reason: Option<Reason>,
     #[serde(with = "crate::model::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
     #[serde(with = "crate::model::rfc3339_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<NaiveDateTime>,
     #[serde(with = "crate::model::rfc3339_option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<NaiveDateTime>,
     pub duration_seconds: i64,
     pub ring_seconds: i64,
