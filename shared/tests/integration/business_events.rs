@@ -329,6 +329,44 @@ async fn an_endpoint_that_keeps_failing_gets_no_inline_attempts_until_it_recover
     }
 }
 
+/// The pause holds for a room whose stream exists already (delivered up to date), not only
+/// for a room's first event.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_paused_endpoint_gets_no_inline_attempt_for_a_room_it_has_served_before(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    let app = app_for(&pool, &receiver, &[("EVENT_FAILURES_BEFORE_PAUSE", "2")]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &[]).await;
+    assert_eq!(
+        receiver.accepted().len(),
+        2,
+        "r1 delivered inline while healthy"
+    );
+    receiver.answer_with(500, Duration::ZERO);
+    api.open("r2", "c", &[]).await;
+    api.open("r3", "d", &[]).await;
+    let tried = receiver.received().len();
+    let invited = api.invite(&api.service(), "r1", &["b"]).await;
+    assert_eq!(invited.status, 200, "{invited:?}");
+    assert_eq!(
+        receiver.received().len(),
+        tried,
+        "paused: r1's new event waits for the sweep"
+    );
+    receiver.answer_with(200, Duration::ZERO);
+    sweep_until_quiet(&app, Duration::from_secs(10)).await;
+    let r1: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .filter(|r| r.json["room_name"] == "r1")
+        .map(|r| r.event_type().to_owned())
+        .collect();
+    assert_eq!(
+        r1,
+        ["room.created", "participant.joined", "participant.invited"]
+    );
+}
+
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn an_event_is_given_up_after_the_retry_window(pool: DbPool) {
     let receiver = Receiver::start().await;
