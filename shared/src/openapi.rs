@@ -128,6 +128,7 @@ fn complete_operation(operation: &mut Value) {
         return;
     };
     for (status, response) in responses.iter_mut() {
+        camel_case_links(response);
         if status.starts_with('2') {
             wrap_in_envelope(response);
         } else {
@@ -173,20 +174,24 @@ fn complete_operation(operation: &mut Value) {
     }
 }
 
-fn wrap_in_envelope(response: &mut Value) {
-    // utoipa 5.5 writes a link's fields in snake case; the specification's are camel case.
-    if let Some(links) = response.get_mut("links").and_then(Value::as_object_mut) {
-        for link in links.values_mut().filter_map(Value::as_object_mut) {
-            for (from, to) in [
-                ("operation_id", "operationId"),
-                ("request_body", "requestBody"),
-            ] {
-                if let Some(value) = link.remove(from) {
-                    link.insert(to.into(), value);
-                }
+/// utoipa 5.5 writes a link's fields in snake case; the specification's are camel case.
+fn camel_case_links(response: &mut Value) {
+    let Some(links) = response.get_mut("links").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for link in links.values_mut().filter_map(Value::as_object_mut) {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(value) = link.remove(from) {
+                link.insert(to.into(), value);
             }
         }
     }
+}
+
+fn wrap_in_envelope(response: &mut Value) {
     let Some(media) = response
         .get_mut("content")
         .and_then(|c| c.get_mut("application/json"))
@@ -234,7 +239,8 @@ pub struct ErrorKey;
 
 impl PartialSchema for ErrorKey {
     fn schema() -> RefOr<Schema> {
-        string_enum(ApiError::KEYS.iter().copied(), "The stable error key.")
+        let keys: Vec<&str> = ApiError::one_of_each().iter().map(ApiError::key).collect();
+        string_enum(keys, "The stable error key.")
     }
 }
 impl ToSchema for ErrorKey {}
@@ -269,15 +275,52 @@ impl PartialSchema for Name {
 }
 impl ToSchema for Name {}
 
-/// `outgoing` when the uid created the call, else `incoming`.
-pub struct Direction;
+/// A schema-only type for a closed list of strings a field carries as `&str` or `String`.
+macro_rules! string_list {
+    ($(#[$doc:meta])* $name:ident: [$($value:literal),+ $(,)?], $description:literal) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl PartialSchema for Direction {
-    fn schema() -> RefOr<Schema> {
-        string_enum(["outgoing", "incoming"], "Who placed the call.")
-    }
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                string_enum([$($value),+], $description)
+            }
+        }
+        impl ToSchema for $name {}
+    };
 }
-impl ToSchema for Direction {}
+
+string_list!(
+    /// `outgoing` when the uid created the call, else `incoming`.
+    Direction: ["outgoing", "incoming"],
+    "Who placed the call."
+);
+string_list!(
+    HealthStatus: ["ok", "degraded"],
+    "ok, or degraded when the database does not answer."
+);
+string_list!(
+    DatabaseStatus: ["ok", "unreachable"],
+    "Whether the database answered a ping."
+);
+string_list!(
+    /// What the service did with a LiveKit webhook.
+    WebhookOutcome: ["applied", "deleted_again", "removed_again", "ignored", "duplicate"],
+    "applied; deleted_again (a final room LiveKit still had); removed_again (a removed uid \
+     that came back); ignored (an event type or room this service does not keep); duplicate \
+     (already applied)."
+);
+string_list!(
+    /// Where an event stands with one endpoint.
+    DeliveryState: ["pending", "delivered", "gave_up"],
+    "pending (not delivered yet, retried); delivered; gave_up."
+);
+string_list!(
+    /// What one delivery attempt came to.
+    AttemptOutcome: ["delivered", "failed", "gave_up"],
+    "delivered; failed (tried again later); gave_up (a 4xx other than 408/429, or out of the \
+     retry window)."
+);
 
 /// /health's bare body.
 #[derive(ToSchema)]
@@ -289,28 +332,6 @@ pub struct Health {
     database: String,
 }
 
-pub struct HealthStatus;
-impl PartialSchema for HealthStatus {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            ["ok", "degraded"],
-            "ok, or degraded when the database does not answer.",
-        )
-    }
-}
-impl ToSchema for HealthStatus {}
-
-pub struct DatabaseStatus;
-impl PartialSchema for DatabaseStatus {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            ["ok", "unreachable"],
-            "Whether the database answered a ping.",
-        )
-    }
-}
-impl ToSchema for DatabaseStatus {}
-
 /// What the service did with a LiveKit webhook.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -318,52 +339,6 @@ pub struct WebhookHandled {
     #[schema(value_type = WebhookOutcome)]
     outcome: String,
 }
-
-pub struct WebhookOutcome;
-impl PartialSchema for WebhookOutcome {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            [
-                "applied",
-                "deleted_again",
-                "removed_again",
-                "ignored",
-                "duplicate",
-            ],
-            "applied; deleted_again (a final room LiveKit still had); removed_again (a removed \
-             uid that came back); ignored (an event type or room this service does not keep); \
-             duplicate (already applied).",
-        )
-    }
-}
-impl ToSchema for WebhookOutcome {}
-
-/// Where an event stands with one endpoint.
-pub struct DeliveryState;
-
-impl PartialSchema for DeliveryState {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            ["pending", "delivered", "gave_up"],
-            "pending (not delivered yet, retried); delivered; gave_up.",
-        )
-    }
-}
-impl ToSchema for DeliveryState {}
-
-/// What one delivery attempt came to.
-pub struct AttemptOutcome;
-
-impl PartialSchema for AttemptOutcome {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            ["delivered", "failed", "gave_up"],
-            "delivered; failed (tried again later); gave_up (a 4xx other than 408/429, or \
-             out of the retry window).",
-        )
-    }
-}
-impl ToSchema for AttemptOutcome {}
 
 fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
