@@ -97,6 +97,12 @@ EVENT_SETTINGS = {
 
 DEFAULT_TOKEN_TTL_S = 3600
 
+# MariaDB refreshes information_schema.innodb_trx only after 0.1 s without a reader; a look
+# sooner than that after the last one sees the old snapshot. Every check that looks at it
+# again waits longer than that between looks.
+INNODB_TRX_REFRESH_S = 0.11
+INNODB_TRX_POLL_S = 0.2
+
 
 @dataclass
 class Reply:
@@ -187,15 +193,18 @@ class Database:
         statements of a transaction for a while, so one clean sample within `within_s` is
         required, which a transaction left open never gives (it stays open until the function's
         next request, or for good)."""
-        # information_schema.innodb_trx is a snapshot MariaDB refreshes at most every 0.1 s.
-        time.sleep(0.11)
+        # information_schema.innodb_trx is a snapshot that MariaDB refreshes only when nobody
+        # has read it for 0.1 s: polled faster than that, it keeps answering the first sample,
+        # and a sweeper transaction caught in flight would look open for the whole wait. So
+        # every look comes more than 0.1 s after the one before (ours or anyone's before us).
+        time.sleep(INNODB_TRX_REFRESH_S)
         deadline = time.monotonic() + within_s
         seen: list[tuple] = []
         while True:
             seen = self.open_transactions()
             if not seen or time.monotonic() > deadline:
                 break
-            time.sleep(0.05)
+            time.sleep(INNODB_TRX_POLL_S)
         assert not seen, (
             f"transactions of the service still open: {seen}; "
             f"their connections: {self.connection_owners([row[3] for row in seen])}"

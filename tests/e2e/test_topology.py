@@ -32,7 +32,7 @@ from typing import Any, Optional
 from urllib.parse import quote, unquote
 
 import pytest
-from conftest import MARIADB_DATABASE, Reply, http_request, livekit_event
+from conftest import INNODB_TRX_REFRESH_S, MARIADB_DATABASE, Reply, http_request, livekit_event
 from livekit import api as lk
 
 # A write the database can serve at once answers in milliseconds; behind a lock left by a
@@ -280,10 +280,10 @@ def assert_invariants(db, rooms, case: str) -> None:
         )
 
 
-# InnoDB serves information_schema.innodb_trx from a cache refreshed at most every 100 ms, so
-# a look within 100 ms of another may show the past: pause around each look of our own, so that
-# it (and `clean_after`'s, which may follow at once) sees the present.
-I_S_CACHE_S = 0.11
+# InnoDB serves information_schema.innodb_trx from a cache refreshed only after 100 ms without
+# a reader, so a look within 100 ms of another shows the past: pause around each look of our
+# own, so that it (and `clean_after`'s, which may follow at once) sees the present.
+I_S_CACHE_S = INNODB_TRX_REFRESH_S
 
 
 def no_open_transaction(service, case: str) -> None:
