@@ -97,6 +97,21 @@ EVENT_SETTINGS = {
 
 DEFAULT_TOKEN_TTL_S = 3600
 
+# Every table a change of the service writes (migrations/): the lock check covers them all.
+SERVICE_TABLES = (
+    "call_room",
+    "call_participant",
+    "room_count",
+    "webhook_event",
+    "livekit_teardown",
+    "livekit_removal",
+    "call_event",
+    "event_feed_head",
+    "event_stream",
+    "event_endpoint",
+    "event_attempt",
+)
+
 # MariaDB refreshes information_schema.innodb_trx only after 0.1 s without a reader; a look
 # sooner than that after the last one sees the old snapshot. Every check that looks at it
 # again waits longer than that between looks.
@@ -236,15 +251,16 @@ class Database:
         return owners
 
     def assert_unlocked(self, wait_s: float = 1.0) -> None:
-        """Another process can write every room and participant row at once (within `wait_s`,
-        which covers a transaction of the sweeper in flight)."""
+        """Another process can lock every row of every table the service writes at once
+        (within `wait_s`, which covers a transaction of the sweeper in flight). On SQLite one
+        write lock covers the whole file, so taking it (BEGIN IMMEDIATE) covers every table."""
         if self.backend == "mariadb":
             conn = self._mariadb(autocommit=False)
             try:
                 with conn.cursor() as cur:
                     cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(wait_s))}")
-                    for table in ("call_room", "call_participant"):
-                        cur.execute(f"UPDATE {table} SET updated_at = updated_at")
+                    for table in SERVICE_TABLES:
+                        cur.execute(f"SELECT 1 FROM {table} FOR UPDATE")
                 conn.rollback()
             except pymysql.err.OperationalError as err:
                 raise AssertionError(f"a row is still locked by the service: {err}") from err
@@ -466,9 +482,10 @@ def stop_tree(proc: subprocess.Popen) -> None:
 
 
 def start_job(backend: str, tmp: Path, endpoints_json: str, database: str = MARIADB_DATABASE,
-              redis_url: str = REDIS_URL) -> tuple[subprocess.Popen, int, Path, Database]:
+              redis_url: str = REDIS_URL, extra_env: Optional[dict[str, str]] = None,
+              ) -> tuple[subprocess.Popen, int, Path, Database]:
     """The local main job on `backend` (MariaDB: in `database`, emptied first, with Redis at
-    `redis_url`)."""
+    `redis_url`); `extra_env` is laid over the settings above last."""
     port = free_port()
     log_path = tmp / f"dev-{backend}.log"
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
@@ -497,6 +514,7 @@ def start_job(backend: str, tmp: Path, endpoints_json: str, database: str = MARI
     else:
         sqlite_file = tmp / "call.db"
         env.update(LOCAL_DB_FILE=str(sqlite_file))
+    env.update(extra_env or {})
     log = open(log_path, "wb", buffering=0)
     proc = subprocess.Popen(
         ["bash", str(DEV_SH), "--reset"],
