@@ -260,10 +260,22 @@ class Database:
                 with conn.cursor() as cur:
                     cur.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, int(wait_s))}")
                     for table in SERVICE_TABLES:
-                        cur.execute(f"SELECT 1 FROM {table} FOR UPDATE")
-                conn.rollback()
-            except pymysql.err.OperationalError as err:
-                raise AssertionError(f"a row is still locked by the service: {err}") from err
+                        # One table a transaction. A deadlock (1213) means a request still in
+                        # flight locked rows in another order: try again. A transaction left
+                        # open waits for nothing, so it never deadlocks; it shows as a lock
+                        # wait timeout (1205), which fails.
+                        for attempt in range(50):
+                            try:
+                                cur.execute(f"SELECT 1 FROM {table} FOR UPDATE")
+                                break
+                            except pymysql.err.OperationalError as err:
+                                if err.args[0] != 1213 or attempt == 49:
+                                    raise AssertionError(
+                                        f"a row of {table} is still locked by the service: {err}"
+                                    ) from err
+                                conn.rollback()
+                                time.sleep(0.02)
+                        conn.rollback()
             finally:
                 conn.close()
             return
