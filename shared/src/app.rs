@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError};
 use crate::delivery::{Deliverer, DeliveryReport, Mode};
 use crate::error::ApiError;
 use crate::livekit::LiveKit;
+use crate::model::Now;
 use crate::store::Store;
 
 pub struct App {
@@ -96,8 +97,12 @@ impl App {
     /// [`App::after_change`] without the events, for a caller that delivers several rooms'
     /// events under one budget.
     pub async fn after_commit(&self, room_name: &str, changed: bool, finalised: bool) {
-        if changed {
-            self.cache.forget_room(room_name).await;
+        if changed && !self.cache.forget_room(room_name).await {
+            // Redis is away: its copy of the room may outlive the outage. The sweeper drops
+            // it as soon as Redis answers again, whichever instance that is.
+            if let Err(err) = self.store.owe_cache_forget(room_name, Now::current()).await {
+                tracing::warn!(room_name, error = %err, "cached room may stay stale until its TTL");
+            }
         }
         if finalised {
             self.tear_down(room_name).await;

@@ -21,11 +21,13 @@ const BACKOFF: Duration = Duration::from_secs(5);
 const KEY_PREFIX: &str = "callsvc:";
 
 /// A cache lookup: the room when it is cached, and the generation it was looked up under,
-/// which a copy read from the database afterwards must be written back with.
+/// which a copy read from the database afterwards must be written back with. No generation
+/// when Redis did not answer: then nothing read afterwards may be written back, since a
+/// commit that could not forget the room meanwhile would go unnoticed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lookup {
     pub room: Option<CachedRoom>,
-    pub generation: Generation,
+    pub generation: Option<Generation>,
 }
 
 /// How many times the room was forgotten (recently): a copy read from the database is
@@ -57,6 +59,13 @@ impl CachedRoom {
     pub fn current_at(&self, now: chrono::NaiveDateTime) -> bool {
         self.deadline.is_none_or(|d| d > now)
     }
+}
+
+/// Whether a call skips Redis for a while after this instance saw it fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backoff {
+    Honour,
+    Ignore,
 }
 
 #[derive(Clone, Default)]
@@ -107,7 +116,7 @@ impl Cache {
     /// The cached room and its generation, in one round trip.
     pub async fn get_room(&self, room_name: &str) -> Lookup {
         let found: Option<(Option<String>, Option<i64>)> = self
-            .run("get room", |mut c| async move {
+            .run("get room", Backoff::Honour, |mut c| async move {
                 redis::cmd("MGET")
                     .arg(Self::key(room_name))
                     .arg(Self::generation_key(room_name))
@@ -115,10 +124,15 @@ impl Cache {
                     .await
             })
             .await;
-        let (text, generation) = found.unwrap_or_default();
-        Lookup {
-            room: text.and_then(|t| serde_json::from_str(&t).ok()),
-            generation: Generation(generation.unwrap_or(0)),
+        match found {
+            Some((text, generation)) => Lookup {
+                room: text.and_then(|t| serde_json::from_str(&t).ok()),
+                generation: Some(Generation(generation.unwrap_or(0))),
+            },
+            None => Lookup {
+                room: None,
+                generation: None,
+            },
         }
     }
 
@@ -139,36 +153,54 @@ impl Cache {
             .arg(looked_up.0)
             .arg(ROOM_TTL_SECS)
             .to_owned();
-        self.run("put room", |mut c| async move {
+        self.run("put room", Backoff::Honour, |mut c| async move {
             put.query_async::<i64>(&mut c).await
         })
         .await;
     }
 
     /// Called after every commit that touches the room: a new generation first, so a copy
-    /// read before the commit is refused, then the copy itself goes.
-    pub async fn forget_room(&self, room_name: &str) {
-        let generation = Self::generation_key(room_name);
-        self.run("forget room", |mut c| async move {
-            redis::pipe()
-                .atomic()
-                .incr(&generation, 1)
+    /// read before the commit is refused, then the copy itself goes. False when Redis could
+    /// not be told (down, or skipped after a recent failure): the copy may still be there,
+    /// and the caller must make sure it is forgotten later (see `App::after_commit`).
+    pub async fn forget_room(&self, room_name: &str) -> bool {
+        self.forget(std::slice::from_ref(&room_name), Backoff::Honour)
+            .await
+    }
+
+    /// Forgets every room in one round trip, whether or not this instance saw Redis fail
+    /// lately: for the sweeper's replay of forgets that commits could not make.
+    pub async fn forget_rooms(&self, room_names: &[&str]) -> bool {
+        self.forget(room_names, Backoff::Ignore).await
+    }
+
+    async fn forget(&self, room_names: &[&str], backoff: Backoff) -> bool {
+        if self.inner.is_none() || room_names.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for room_name in room_names {
+            let generation = Self::generation_key(room_name);
+            pipe.incr(&generation, 1)
                 .ignore()
                 .expire(&generation, GENERATION_TTL_SECS)
                 .ignore()
                 .del(Self::key(room_name))
-                .ignore()
-                .query_async::<()>(&mut c)
-                .await
+                .ignore();
+        }
+        self.run("forget room", backoff, |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
         })
-        .await;
+        .await
+        .is_some()
     }
 
     /// Whether this webhook event id was processed (only what Redis remembers; the database
     /// has the final word inside the event's transaction).
     pub async fn webhook_seen(&self, event_id: &str) -> bool {
         let key = format!("{KEY_PREFIX}webhook:{event_id}");
-        self.run("webhook seen", |mut c| async move {
+        self.run("webhook seen", Backoff::Honour, |mut c| async move {
             c.exists::<_, bool>(key).await
         })
         .await
@@ -178,7 +210,7 @@ impl Cache {
     /// Called only after the event's effect committed.
     pub async fn remember_webhook(&self, event_id: &str) {
         let key = format!("{KEY_PREFIX}webhook:{event_id}");
-        self.run("remember webhook", |mut c| async move {
+        self.run("remember webhook", Backoff::Honour, |mut c| async move {
             c.set_ex::<_, _, ()>(key, 1, WEBHOOK_TTL_SECS).await
         })
         .await;
@@ -191,7 +223,7 @@ impl Cache {
         let window = now / 60;
         let key = format!("{KEY_PREFIX}rl:{bucket}:{uid}:{window}");
         let count: u64 = self
-            .run("rate limit", |mut c| async move {
+            .run("rate limit", Backoff::Honour, |mut c| async move {
                 let (count,): (u64,) = redis::pipe()
                     .atomic()
                     .incr(&key, 1u64)
@@ -206,14 +238,14 @@ impl Cache {
     }
 
     /// Runs one Redis call with a deadline; None (and a warning) when Redis is unset or down.
-    async fn run<T, F, Fut>(&self, what: &str, call: F) -> Option<T>
+    async fn run<T, F, Fut>(&self, what: &str, backoff: Backoff, call: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let inner = self.inner.as_ref()?;
         let now_ms = inner.started.elapsed().as_millis() as i64;
-        if now_ms < inner.skip_until_ms.load(Ordering::Relaxed) {
+        if backoff == Backoff::Honour && now_ms < inner.skip_until_ms.load(Ordering::Relaxed) {
             return None;
         }
         match tokio::time::timeout(TIMEOUT * 2, call(inner.conn.clone())).await {

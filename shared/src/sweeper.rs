@@ -33,6 +33,8 @@ pub struct SweepReport {
     pub removals_done: usize,
     pub removals_failed: usize,
     pub webhook_ids_purged: u64,
+    /// Cached rooms dropped for commits that could not drop them (Redis was away).
+    pub cache_forgets_replayed: usize,
     /// Sweeps run (more than one when the sweeper loops) and those that failed.
     pub sweeps: usize,
     pub failed_sweeps: usize,
@@ -48,6 +50,7 @@ impl SweepReport {
         self.removals_done += other.removals_done;
         self.removals_failed += other.removals_failed;
         self.webhook_ids_purged += other.webhook_ids_purged;
+        self.cache_forgets_replayed += other.cache_forgets_replayed;
     }
 }
 
@@ -119,8 +122,27 @@ pub fn before(now: Now, span: Duration) -> Now {
     Now::from_millis(ms).unwrap_or(now)
 }
 
+/// Drops the cached copies that commits could not drop while Redis was away (at most BATCH
+/// rooms a pass): every sweep tries, so a stale copy outlives the outage by about one sweep.
+pub async fn replay_cache_forgets(app: &App) -> Result<usize, ApiError> {
+    if !app.cache.is_enabled() {
+        return Ok(0);
+    }
+    let owed = app.store.owed_cache_forgets(BATCH).await?;
+    if owed.is_empty() {
+        return Ok(0);
+    }
+    let rooms: Vec<&str> = owed.iter().map(|(room, _)| room.as_str()).collect();
+    if !app.cache.forget_rooms(&rooms).await {
+        return Ok(0);
+    }
+    app.store.cache_forgets_paid(&owed).await?;
+    Ok(owed.len())
+}
+
 pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
     let mut report = SweepReport::default();
+    report.cache_forgets_replayed = replay_cache_forgets(app).await?;
     (report.deadlines_applied, report.rooms_closed) = write_down_deadlines(app, now).await?;
 
     if app.livekit.has_server() {

@@ -286,7 +286,9 @@ pub async fn get_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
                     deadline: state.room.deadline,
                     room: state.room,
                 };
-                app.cache.put_room(&cached, lookup.generation).await;
+                if let Some(generation) = lookup.generation {
+                    app.cache.put_room(&cached, generation).await;
+                }
                 cached
             }
         };

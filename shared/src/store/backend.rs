@@ -52,6 +52,8 @@ mod mysql {
 
     pub const INSERT_TEARDOWN: &str =
         "INSERT IGNORE INTO livekit_teardown (room_name, attempts, created_at) VALUES (?, 0, ?)";
+    pub const OWE_CACHE_FORGET: &str = "INSERT INTO cache_invalidation (room_name, misses, \
+         owed_since) VALUES (?, 1, ?) ON DUPLICATE KEY UPDATE misses = misses + 1";
     pub const INSERT_REMOVAL: &str = "INSERT IGNORE INTO livekit_removal \
          (room_name, uid, attempts, created_at) VALUES (?, ?, 0, ?)";
 
@@ -137,6 +139,8 @@ mod sqlite {
 
     pub const INSERT_TEARDOWN: &str =
         "INSERT OR IGNORE INTO livekit_teardown (room_name, attempts, created_at) VALUES (?, 0, ?)";
+    pub const OWE_CACHE_FORGET: &str = "INSERT INTO cache_invalidation (room_name, misses, \
+         owed_since) VALUES (?, 1, ?) ON CONFLICT (room_name) DO UPDATE SET misses = misses + 1";
     pub const INSERT_REMOVAL: &str = "INSERT OR IGNORE INTO livekit_removal \
          (room_name, uid, attempts, created_at) VALUES (?, ?, 0, ?)";
 

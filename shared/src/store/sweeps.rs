@@ -132,6 +132,53 @@ impl Store {
         })
     }
 
+    /// A commit changed `room_name` but its cached copy could not be dropped (Redis away):
+    /// the sweeper drops it once Redis answers again.
+    pub async fn owe_cache_forget(&self, room_name: &str, now: Now) -> Result<(), ApiError> {
+        self.with_conn(async |conn: &mut DbConnection| {
+            sqlx::query(backend::OWE_CACHE_FORGET)
+                .bind(room_name)
+                .bind(now.at)
+                .execute(conn)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Rooms whose cached copy is still owed a forget, longest owed first, with how many
+    /// commits missed each so far.
+    pub async fn owed_cache_forgets(&self, limit: i64) -> Result<Vec<(String, i32)>, ApiError> {
+        let rows = self
+            .with_conn(async |conn: &mut DbConnection| {
+                sqlx::query_as(
+                    "SELECT room_name, misses FROM cache_invalidation \
+                     ORDER BY owed_since LIMIT ?",
+                )
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        Ok(rows)
+    }
+
+    /// Redis dropped these copies: delete each row unless another commit missed its room
+    /// since it was read (then the row stays for the next sweep).
+    pub async fn cache_forgets_paid(&self, paid: &[(String, i32)]) -> Result<(), ApiError> {
+        for (room_name, misses) in paid {
+            self.with_conn(async |conn: &mut DbConnection| {
+                sqlx::query("DELETE FROM cache_invalidation WHERE room_name = ? AND misses = ?")
+                    .bind(room_name)
+                    .bind(misses)
+                    .execute(conn)
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn purge_webhook_events(&self, before: Now) -> Result<u64, ApiError> {
         let done = self
             .with_conn(async |conn: &mut DbConnection| {

@@ -80,7 +80,9 @@ async fn a_cached_room_round_trips_until_forgotten() {
     };
     let miss = cache.get_room(&name).await;
     assert_eq!(miss.room, None);
-    cache.put_room(&cached, miss.generation).await;
+    cache
+        .put_room(&cached, miss.generation.expect("redis answered"))
+        .await;
     let got = cache
         .get_room(&name)
         .await
@@ -107,8 +109,10 @@ async fn a_copy_read_before_another_instances_commit_is_not_cached() {
     let miss = reader.get_room(&name).await;
     assert_eq!(miss.room, None);
     // The reader has loaded `stale` from the database; now another instance commits.
-    writer.forget_room(&name).await;
-    reader.put_room(&stale, miss.generation).await;
+    assert!(writer.forget_room(&name).await, "redis answered the forget");
+    reader
+        .put_room(&stale, miss.generation.expect("redis answered"))
+        .await;
     assert_eq!(
         reader.get_room(&name).await.room,
         None,
@@ -116,7 +120,9 @@ async fn a_copy_read_before_another_instances_commit_is_not_cached() {
     );
     // A lookup after the commit may cache what it reads.
     let fresh = reader.get_room(&name).await;
-    reader.put_room(&stale, fresh.generation).await;
+    reader
+        .put_room(&stale, fresh.generation.expect("redis answered"))
+        .await;
     assert!(reader.get_room(&name).await.room.is_some());
 }
 
@@ -124,17 +130,15 @@ async fn a_copy_read_before_another_instances_commit_is_not_cached() {
 async fn an_unreachable_redis_is_skipped_quickly() {
     let cache = Cache::new(Some("redis://127.0.0.1:1/0")).expect("url parses");
     let started = Instant::now();
-    cache
-        .put_room(
-            &CachedRoom {
-                room: room("x"),
-                members: vec![],
-                deadline: None,
-            },
-            cache.get_room("x").await.generation,
-        )
-        .await;
-    assert_eq!(cache.get_room("x").await.room, None);
+    let lookup = cache.get_room("x").await;
+    assert_eq!(lookup.room, None);
+    // Nothing read after an unanswered lookup may be cached: there is no generation for it.
+    assert_eq!(lookup.generation, None);
+    assert!(
+        !cache.forget_room("x").await,
+        "an unanswered forget says so"
+    );
+    assert!(!cache.forget_rooms(&["x"]).await);
     assert_eq!(cache.count_in_window("join", "alice").await, None);
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -268,4 +272,152 @@ async fn joins_over_the_limit_are_rate_limited(pool: DbPool) {
         .expect("response");
         assert_eq!(again.status(), 429);
     }
+}
+
+/// A cached copy carries the room's next deadline; past it the copy says nothing about now.
+/// The copy is still in Redis when the read comes, so only the deadline check keeps it out.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_cached_ringing_room_is_not_served_past_its_ring_deadline(pool: DbPool) {
+    let app = common::app_with(pool, &[("REDIS_URL", &common::redis_url())]);
+    let token = common::service_token(&app);
+    let name = unique("ringing");
+    let ring_s = 5;
+    // Created so that the invite's deadline is 1.5 s from now.
+    let created = Now::from_millis(Now::current().ms - (ring_s * 1000 - 1500)).expect("instant");
+    let new = NewRoom {
+        source_channel_id: String::new(),
+        source_channel_type: 0,
+        creator: unique("caller"),
+        room_name: name.clone(),
+        call_type: 1,
+        invite_on: 1,
+        max_participants: 2,
+        limits: call_shared::model::CallLimits {
+            ring_timeout_seconds: ring_s as i32,
+            ..Default::default()
+        },
+    };
+    app.store
+        .create_room(&new, &[unique("callee")], created)
+        .await
+        .expect("create");
+    let path = format!("/api/rooms/{name}");
+    let ringing = get_room(&app, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
+    assert_eq!(json(&ringing)["data"]["status"], 0, "{}", json(&ringing));
+    let cached = app.cache.get_room(&name).await.room.expect("cached");
+    let deadline = cached.deadline.expect("the copy carries the ring deadline");
+    assert!(cached.current_at(Now::current().at));
+
+    let wait = (deadline - Now::current().at).num_milliseconds() + 300;
+    tokio::time::sleep(Duration::from_millis(wait.max(0) as u64)).await;
+    assert!(
+        app.cache.get_room(&name).await.room.is_some(),
+        "the copy is still in Redis"
+    );
+    assert!(!cached.current_at(Now::current().at));
+    let after = get_room(&app, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
+    let expected = common::loaded_now(&app, &name).await.room.status;
+    assert!(
+        expected.is_final(),
+        "the only invite rang out: {expected:?}"
+    );
+    assert_eq!(
+        json(&after)["data"]["status"],
+        expected as i32,
+        "the read past the deadline shows the rung-out call, not the cached copy"
+    );
+}
+
+/// A commit whose instance cannot reach Redis (a partition, or Redis away) cannot drop the
+/// cached copy, which other instances would go on serving for its whole TTL. The commit
+/// records the forget it owes in the database; the next sweep, on any instance that reaches
+/// Redis, drops the copy and the record.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_forget_redis_missed_is_made_by_the_next_sweep(pool: DbPool) {
+    let redis = common::redis_url();
+    let reader = common::app_with(pool.clone(), &[("REDIS_URL", &redis)]);
+    let cut_off = common::app_with(pool.clone(), &[("REDIS_URL", "redis://127.0.0.1:1/0")]);
+    let sweeper = common::app_with(pool.clone(), &[("REDIS_URL", &redis)]);
+    let token = common::service_token(&reader);
+    let name = unique("owed");
+    seed_room(&reader, &name).await;
+    let path = format!("/api/rooms/{name}");
+    let before = get_room(&reader, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
+    assert_eq!(json(&before)["data"]["status"], 0);
+
+    let ended = end_room(
+        &cut_off,
+        request("POST", &format!("{path}/end"), &token, ""),
+    )
+    .await
+    .expect("response");
+    assert_eq!(ended.status(), 200, "{}", json(&ended));
+    let owed = owed_forgets(&pool).await;
+    assert_eq!(
+        owed,
+        vec![(name.clone(), 1)],
+        "the missed forget is on record"
+    );
+    // The hazard itself: the copy from before the commit is still what Redis has.
+    let stale = reader
+        .cache
+        .get_room(&name)
+        .await
+        .room
+        .expect("still cached");
+    assert_eq!(stale.room.status, RoomStatus::NotStarted);
+
+    let report = call_shared::sweeper::sweep(&sweeper, Now::current())
+        .await
+        .expect("sweep");
+    assert!(report.cache_forgets_replayed >= 1, "{report:?}");
+    assert_eq!(reader.cache.get_room(&name).await.room, None);
+    assert!(
+        owed_forgets(&pool)
+            .await
+            .iter()
+            .all(|(room, _)| room != &name)
+    );
+    let after = get_room(&reader, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
+    assert_eq!(json(&after)["data"]["status"], 3, "{}", json(&after));
+    common::assert_nothing_held(&pool).await;
+}
+
+/// A commit that misses the room again after the sweeper read the record keeps the record:
+/// the sweeper deletes only what it replayed.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_forget_missed_again_during_the_replay_stays_owed(pool: DbPool) {
+    let app = common::app_with(pool.clone(), &[("REDIS_URL", &common::redis_url())]);
+    let name = unique("again");
+    app.store
+        .owe_cache_forget(&name, Now::current())
+        .await
+        .expect("owe");
+    let read = app.store.owed_cache_forgets(10).await.expect("read");
+    assert_eq!(read, vec![(name.clone(), 1)]);
+    app.store
+        .owe_cache_forget(&name, Now::current())
+        .await
+        .expect("owe again");
+    app.store.cache_forgets_paid(&read).await.expect("paid");
+    assert_eq!(owed_forgets(&pool).await, vec![(name.clone(), 2)]);
+    let read = app.store.owed_cache_forgets(10).await.expect("read");
+    app.store.cache_forgets_paid(&read).await.expect("paid");
+    assert_eq!(owed_forgets(&pool).await, vec![]);
+}
+
+/// The owed forgets as another connection sees them.
+async fn owed_forgets(pool: &DbPool) -> Vec<(String, i32)> {
+    sqlx::query_as("SELECT room_name, misses FROM cache_invalidation ORDER BY room_name")
+        .fetch_all(pool)
+        .await
+        .expect("read cache_invalidation")
 }
