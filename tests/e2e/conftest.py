@@ -41,6 +41,7 @@ import pymysql
 import pytest
 from livekit import api as lk
 
+from livekit_stub import LiveKitStub
 from receivers import Receiver, Receivers
 
 ROOT = Path(os.environ.get("E2E_ROOT") or Path(__file__).resolve().parents[2])
@@ -110,6 +111,7 @@ SERVICE_TABLES = (
     "event_stream",
     "event_endpoint",
     "event_attempt",
+    "cache_invalidation",
 )
 
 # MariaDB refreshes information_schema.innodb_trx only after 0.1 s without a reader; a look
@@ -576,12 +578,28 @@ def receivers():
     both.flaky.stop()
 
 
+@pytest.fixture(scope="session")
+def livekit_server():
+    """LiveKit's RoomService for the jobs (livekit_stub.py): every DeleteRoom, ListRooms and
+    RemoveParticipant the service makes is checked for the local pair's credentials and
+    recorded; at the end, none may have been refused but those a test asked for."""
+    stub = LiveKitStub(*local_livekit_pair()).start()
+    yield stub
+    stub.stop()
+    stub.assert_no_unexpected_refusal()
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
-def service(request, receivers):
+def service(request, receivers, livekit_server):
     backend = request.param
     tmp = Path(tempfile.mkdtemp(prefix=f"call-e2e-{backend}-"))
     started = time.monotonic()
-    proc, port, log_path, db = start_job(backend, tmp, receivers.endpoints_json())
+    # The jobs call LiveKit's server API (teardown, removal, the sweeper's reconcile); clients
+    # are still told the local client URL.
+    livekit_env = {"LIVEKIT_URL": livekit_server.url,
+                   "LIVEKIT_CLIENT_URL": local_constant("LOCAL_LIVEKIT_URL")}
+    proc, port, log_path, db = start_job(backend, tmp, receivers.endpoints_json(),
+                                         extra_env=livekit_env)
     print(f"\n[e2e:{backend}] scripts/dev.sh --reset on port {port}, pid {proc.pid}, log {log_path}")
     failed_before = request.session.testsfailed
     try:
