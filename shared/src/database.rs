@@ -56,10 +56,12 @@ mod driver {
             .is_some_and(|e| matches!(e.number(), 1205 | 1213))
     }
 
-    /// Too many connections (1040), shutting down (1053), connection killed (1927).
+    /// No connection to be had: too many connections (1040), too many for this user (1226),
+    /// shutting down (1053), the connection killed (MariaDB 1927) or closed after its idle
+    /// time (MySQL 8: 4031).
     pub fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
         db.try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1927))
+            .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1226 | 1927 | 4031))
     }
 
     /// Which unique key a duplicate-entry error names.

@@ -4,6 +4,10 @@ use serde_json::{Value, json};
 
 use crate::i18n::Lang;
 
+/// A 503 asks the client to come back after this long: a connection freed by another request,
+/// a database failing over, or Redis-free reads are all a second or two away.
+pub const SERVICE_UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ApiError {
     #[error("invalid parameters: {0}")]
@@ -70,6 +74,16 @@ impl ApiError {
             ApiError::RateLimited { .. } => 429,
             ApiError::ServiceUnavailable(_) => 503,
             ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// When a client should try again (the Retry-After header): a rate limit's window, and
+    /// a database that could not be reached; no other refusal changes by waiting.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            ApiError::ServiceUnavailable(_) => Some(SERVICE_UNAVAILABLE_RETRY_AFTER_SECS),
+            _ => None,
         }
     }
 

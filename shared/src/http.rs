@@ -103,11 +103,7 @@ where
             } else {
                 tracing::warn!(status, key = err.key(), elapsed_ms, "refused");
             }
-            let retry = match &err {
-                ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-                _ => None,
-            };
-            (status, err.body(lang).to_string(), retry)
+            (status, err.body(lang).to_string(), err.retry_after_secs())
         }
     };
     let mut response = Response::builder()

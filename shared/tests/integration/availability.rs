@@ -98,6 +98,11 @@ async fn requests_get_503_while_the_database_is_down_and_recover_after(pool: DbP
         .expect("response");
     assert_eq!(refused.status(), 503);
     assert_eq!(json(refused.body())["error"], "service_unavailable");
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..]),
+        "a 503 says when to come back"
+    );
 
     let _relay = Relay::start(addr).await;
     let back = health(&app, request("/health", None))
@@ -134,6 +139,7 @@ async fn requests_get_503_while_the_database_cannot_be_opened_and_recover_after(
         .expect("response");
     assert_eq!(refused.status(), 503, "{}", json(refused.body()));
     assert_eq!(json(refused.body())["error"], "service_unavailable");
+    assert!(refused.headers().contains_key("retry-after"));
 
     std::fs::create_dir_all(&dir).expect("the directory comes back");
     Store::prepare_local(&url, false).await.expect("migrate");
