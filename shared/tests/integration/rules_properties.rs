@@ -3,24 +3,69 @@
 //! in memory with the checks the store and the database make around them (a taken name, a
 //! uid live elsewhere, busy invitees recorded as 5). After every step: refusals changed
 //! nothing, accepted actions moved rows and rooms only as the lifecycle table says, and no
-//! invariant broke. `store_model.rs` runs the same sequences through the real store.
+//! invariant broke. Calls have short limits, so invites ring out, lonely participants and long
+//! calls reach their ends inside a sequence, and every deadline is checked against DESIGN's
+//! timeouts: applied from the second it passes, as of the instant it fell due, never before.
+//! Committed regressions (`tests/proptest-regressions/rules_properties.txt`) run first.
+//! `store_model.rs` runs the same sequences through the real store.
 
 use std::collections::{BTreeMap, HashSet};
 
 use call_shared::ApiError;
-use call_shared::model::{EndReason, Now, ParticipantStatus as P, Room, RoomStatus as R};
+use call_shared::model::{
+    CallLimits, EndReason, Now, ParticipantStatus as P, Reason, Room, RoomStatus as R,
+};
 use call_shared::rules::{self, Action, CallState};
+use chrono::{Duration, NaiveDateTime};
 use proptest::prelude::*;
+use proptest::test_runner::{
+    FailurePersistence, FileFailurePersistence, RngAlgorithm, TestRng, TestRunner,
+};
 
 pub const ROOMS: [&str; 5] = ["r0", "r1", "r2", "r3", "r4"];
 pub const UIDS: [&str; 9] = ["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"];
 /// Rooms created at the start of every sequence, each by its own group of three uids.
 const OPENING_ROOMS: usize = 3;
-/// The ring timeout in the model and in the store run: longer than any sequence (a step is a
-/// second), so no deadline passes here. Deadlines are applied where a call is loaded, and a
-/// refused step rolls back whatever they did; their own tests are in rules.rs and
-/// lifecycle/livekit_lifecycle (a clock the test controls) and in the HTTP suites.
-pub const RING_TIMEOUT_MS: i64 = 180_000;
+/// The time between two steps: an invite rings for 20 steps, long enough for actions to meet
+/// the call while it rings, short beside a long sequence (up to 62 steps).
+pub const STEP_MS: i64 = 250;
+
+/// Every call's limits in the model and in the store run: invites ring out, one participant
+/// left alone with someone still ringing ends the call, and a call that runs long enough ends
+/// at its longest duration, all inside a sequence.
+pub const LIMITS: CallLimits = CallLimits {
+    ring_timeout_seconds: 5,
+    max_duration_seconds: 6,
+    solo_timeout_seconds: 1,
+};
+
+/// Seeds of sequences that once failed; proptest replays them before new ones and appends a
+/// new failure here (commit it). The store run replays them too.
+pub const REGRESSIONS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/proptest-regressions/rules_properties.txt"
+);
+
+/// The committed regressions' generators, each making its sequence as proptest's replay does.
+pub fn committed_regressions() -> Vec<TestRunner> {
+    FileFailurePersistence::Direct(REGRESSIONS)
+        .load_persisted_failures2(None)
+        .iter()
+        .map(|seed| {
+            // A seed line is `cc <32 bytes in hex>`: ChaCha, proptest's default algorithm.
+            let line = seed.to_string();
+            let hex = line.strip_prefix("cc ").expect("a ChaCha seed");
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                .collect();
+            TestRunner::new_with_rng(
+                ProptestConfig::default(),
+                TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+            )
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -65,15 +110,16 @@ pub enum Op {
 }
 
 pub fn action() -> impl Strategy<Value = Action> {
+    // Answers weigh more: calls that run meet the solo and longest-duration deadlines.
     prop_oneof![
-        Just(Action::Join),
-        Just(Action::RingAgain),
-        Just(Action::Reject),
-        Just(Action::RingOut),
-        Just(Action::Busy),
-        Just(Action::Cancel),
-        Just(Action::Leave),
-        Just(Action::Remove),
+        3 => Just(Action::Join),
+        1 => Just(Action::RingAgain),
+        1 => Just(Action::Reject),
+        1 => Just(Action::RingOut),
+        1 => Just(Action::Busy),
+        1 => Just(Action::Cancel),
+        1 => Just(Action::Leave),
+        1 => Just(Action::Remove),
     ]
 }
 
@@ -97,12 +143,65 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => (room.clone(), uid.clone()).prop_map(|(room, uid)| Op::PresenceJoined { room, uid }),
         2 => (room.clone(), uid).prop_map(|(room, uid)| Op::PresenceLeft { room, uid }),
         1 => room.prop_map(|room| Op::RoomFinished { room }),
-        1 => Just(Op::Sweep),
+        2 => Just(Op::Sweep),
     ]
 }
 
 /// What a step answered: Ok, or the refusal's stable key.
 pub type Outcome = Result<(), &'static str>;
+
+/// One call's status and end reason, and each row's status and reason by uid.
+pub type CallSnapshot = (R, Option<EndReason>, BTreeMap<String, (P, Option<Reason>)>);
+
+/// Every call of a world (or of a sequence in the database) by room name.
+pub type Snapshot = BTreeMap<String, CallSnapshot>;
+
+/// Settlements by a deadline, counted across a run: a run whose deadlines never pass would
+/// pass every other check.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    pub ring_outs: usize,
+    pub max_duration: usize,
+    pub solo: usize,
+}
+
+impl Settled {
+    pub fn add(&mut self, other: Settled) {
+        self.ring_outs += other.ring_outs;
+        self.max_duration += other.max_duration;
+        self.solo += other.solo;
+    }
+
+    /// What deadlines changed from `before` to `after` (the same room names).
+    pub fn between(before: &Snapshot, after: &Snapshot) -> Settled {
+        let mut settled = Settled::default();
+        for (name, (status, reason, rows)) in after {
+            let Some((was, _, rows_before)) = before.get(name) else {
+                continue;
+            };
+            if !was.is_final() && status.is_final() {
+                match reason {
+                    Some(EndReason::MaxDuration) => settled.max_duration += 1,
+                    Some(EndReason::SoloTimeout) => settled.solo += 1,
+                    _ => {}
+                }
+            }
+            settled.ring_outs += rows
+                .iter()
+                .filter(|(uid, row)| {
+                    **row == (P::Missed, Some(Reason::Timeout))
+                        && rows_before.get(*uid).is_some_and(|r| r.0 == P::Ringing)
+                })
+                .count();
+        }
+        settled
+    }
+
+    /// Each kind at least once.
+    pub fn each_kind(&self) -> bool {
+        self.ring_outs > 0 && self.max_duration > 0 && self.solo > 0
+    }
+}
 
 #[derive(Default)]
 pub struct World {
@@ -113,11 +212,30 @@ pub struct World {
 }
 
 impl World {
-    /// The next instant: whole seconds apart, so webhook events are never stale against the
-    /// last change and a sweep rings out every invite older than the step before.
+    /// A world whose first step comes `offset_ms` later than the default's.
+    pub fn starting_at(offset_ms: i64) -> World {
+        World {
+            clock_ms: offset_ms,
+            ..World::default()
+        }
+    }
+
+    /// The next instant, STEP_MS later. A webhook event carries the whole second of its
+    /// step, never earlier than the second of the row's last change, so it is never stale.
     pub fn tick(&mut self) -> Now {
-        self.clock_ms += 1000;
+        self.clock_ms += STEP_MS;
         self.now()
+    }
+
+    /// The next instant, with every deadline due by then applied to every call: what every
+    /// read and every transaction of the store shows from that second (the store applies them
+    /// where it loads a call, and its sweeper writes them down).
+    pub fn advance(&mut self) -> Now {
+        let now = self.tick();
+        for call in self.calls.values_mut() {
+            rules::apply_deadlines(call, now);
+        }
+        now
     }
 
     pub fn now(&self) -> Now {
@@ -157,9 +275,9 @@ impl World {
             .ok_or(ApiError::RoomNotFound.key())
     }
 
-    /// Applies one step at the next instant, as the store would answer it.
+    /// Applies one step at the current instant (after `advance`), as the store answers it.
     pub fn apply(&mut self, op: &Op) -> Outcome {
-        let now = self.tick();
+        let now = self.now();
         let key = |e: ApiError| e.key();
         match op {
             Op::Create {
@@ -194,7 +312,9 @@ impl World {
                     status: R::NotStarted,
                     created_at: now.at,
                     updated_at: now.at,
-                    ring_timeout_seconds: (RING_TIMEOUT_MS / 1000) as i32,
+                    ring_timeout_seconds: LIMITS.ring_timeout_seconds,
+                    max_duration_seconds: LIMITS.max_duration_seconds,
+                    solo_timeout_seconds: LIMITS.solo_timeout_seconds,
                     ..Room::default()
                 };
                 self.calls
@@ -279,27 +399,129 @@ impl World {
                 }
                 Ok(())
             }
-            Op::Sweep => {
-                // The sweeper writes down what the store already shows at `now`.
-                for call in self.calls.values_mut() {
-                    rules::apply_deadlines(call, now);
-                }
-                Ok(())
-            }
+            // The sweeper writes down what `advance` already applied: in the store it changes
+            // the database, not what a read shows.
+            Op::Sweep => Ok(()),
         }
     }
 
-    /// Every room's status and every row's status, for comparing before/after and with the
+    /// Every room's and row's status and reason, for comparing before/after and with the
     /// database.
-    pub fn snapshot(&self) -> BTreeMap<String, (R, BTreeMap<String, P>)> {
+    pub fn snapshot(&self) -> Snapshot {
         self.calls
             .iter()
-            .map(|(name, c)| {
-                let rows = c.rows.iter().map(|p| (p.uid.clone(), p.status)).collect();
-                ((*name).to_owned(), (c.room.status, rows))
-            })
+            .map(|(name, c)| ((*name).to_owned(), snapshot_of(c)))
             .collect()
     }
+}
+
+/// One call as a snapshot holds it.
+pub fn snapshot_of(c: &CallState) -> CallSnapshot {
+    let rows = c
+        .rows
+        .iter()
+        .map(|p| (p.uid.clone(), (p.status, p.reason)))
+        .collect();
+    (c.room.status, c.room.end_reason, rows)
+}
+
+fn plus(at: NaiveDateTime, seconds: i32) -> NaiveDateTime {
+    at + Duration::seconds(i64::from(seconds))
+}
+
+/// DESIGN's timeouts as the oracle, over one `advance` to `now` (`before`: the calls one
+/// second earlier, every deadline due then applied). An invite rings out once
+/// `ring_timeout_seconds` after it started ringing has passed, not a second before, stamped
+/// with that instant; a running call ends at `max_duration_seconds` after it started; a call
+/// in which one participant is alone ends `solo_timeout_seconds` after that began.
+fn check_deadlines(
+    before: &BTreeMap<&'static str, CallState>,
+    after: &BTreeMap<&'static str, CallState>,
+    now: Now,
+) -> Result<(), String> {
+    for (name, was) in before {
+        let call = &after[name];
+        for (old, row) in was.rows.iter().zip(&call.rows) {
+            if old.status != P::Ringing {
+                continue;
+            }
+            let invited = old
+                .invited_at
+                .ok_or(format!("{name}/{} rings uninvited", old.uid))?;
+            let due = plus(invited, LIMITS.ring_timeout_seconds);
+            if old.ring_deadline != Some(due) {
+                return Err(format!(
+                    "{name}/{}: ring deadline {:?}, not {due}",
+                    old.uid, old.ring_deadline
+                ));
+            }
+            if due <= now.at && row.status == P::Ringing {
+                return Err(format!(
+                    "{name}/{} still rings {}s past {due}",
+                    old.uid,
+                    (now.at - due).num_seconds()
+                ));
+            }
+            if row.reason == Some(Reason::Timeout) && row.status == P::Missed {
+                if due > now.at {
+                    return Err(format!(
+                        "{name}/{} rang out at {} before its deadline {due}",
+                        old.uid, now.at
+                    ));
+                }
+                if row.updated_at != due
+                    || row.ring_seconds - old.ring_seconds != i64::from(LIMITS.ring_timeout_seconds)
+                {
+                    return Err(format!(
+                        "{name}/{} rang out at {} after ringing {}s, not at {due}",
+                        old.uid,
+                        row.updated_at,
+                        row.ring_seconds - old.ring_seconds
+                    ));
+                }
+            }
+        }
+        if was.room.status != R::InProgress {
+            continue;
+        }
+        let room = &call.room;
+        let started = was
+            .room
+            .started_at
+            .ok_or(format!("{name} runs unstarted"))?;
+        let longest = plus(started, LIMITS.max_duration_seconds);
+        let solo = was
+            .room
+            .solo_since
+            .filter(|_| was.count(P::Joined) == 1)
+            .map(|since| plus(since, LIMITS.solo_timeout_seconds));
+        let first_due = solo
+            .into_iter()
+            .chain([longest])
+            .min()
+            .filter(|d| *d <= now.at);
+        if let Some(due) = first_due
+            && !room.status.is_final()
+        {
+            return Err(format!("{name} still runs past {due} ({:?})", was.room));
+        }
+        let ended_at = |reason| (room.end_reason == Some(reason)).then_some(room.ended_at);
+        if let Some(at) = ended_at(EndReason::MaxDuration)
+            && (longest > now.at || at != Some(longest))
+        {
+            return Err(format!(
+                "{name} ended as max_duration at {at:?}, started {started}"
+            ));
+        }
+        if let Some(at) = ended_at(EndReason::SoloTimeout)
+            && (solo.is_none_or(|s| s > now.at) || at != solo)
+        {
+            return Err(format!(
+                "{name} ended as solo_timeout at {at:?}, alone until {solo:?}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn allowed_room_move(from: R, to: R) -> bool {
@@ -336,16 +558,16 @@ fn table(action: Action) -> (P, fn(Option<P>) -> bool) {
 /// table allows and ended at the action's target, unless the settle rule then finalised the
 /// room (which moves the row on); the same status again changed nothing.
 fn check_action(
-    before: &BTreeMap<String, (R, BTreeMap<String, P>)>,
-    after: &BTreeMap<String, (R, BTreeMap<String, P>)>,
+    before: &Snapshot,
+    after: &Snapshot,
     room: &str,
     uid: &str,
     action: Action,
 ) -> Result<(), String> {
-    let (room_before, rows_before) = &before[room];
-    let (room_after, rows_after) = &after[room];
-    let from = rows_before.get(uid).copied();
-    let to = rows_after.get(uid).copied();
+    let (room_before, _, rows_before) = &before[room];
+    let (room_after, _, rows_after) = &after[room];
+    let from = rows_before.get(uid).map(|r| r.0);
+    let to = rows_after.get(uid).map(|r| r.0);
     let (target, allowed_from) = table(action);
     if from == Some(target) {
         return if before == after {
@@ -387,9 +609,16 @@ pub fn sequence() -> impl Strategy<Value = Vec<Op>> {
     })
 }
 
-/// Checks one step of the model: refusals change nothing, accepted actions follow the table,
-/// and the invariants hold. Returns whether the step changed anything.
-fn check_step(world: &mut World, op: &Op) -> Result<bool, TestCaseError> {
+/// Checks one step of the model: the deadlines due by its second applied as DESIGN says,
+/// refusals change nothing, accepted actions follow the table, and the invariants hold.
+/// Returns whether the step changed anything and what deadlines settled.
+fn check_step(world: &mut World, op: &Op) -> Result<(bool, Settled), TestCaseError> {
+    let (calls_before, snapshot_before) = (world.calls.clone(), world.snapshot());
+    let now = world.advance();
+    if let Err(why) = check_deadlines(&calls_before, &world.calls, now) {
+        prop_assert!(false, "deadlines at {} before {:?}: {}", now.at, op, why);
+    }
+    let settled = Settled::between(&snapshot_before, &world.snapshot());
     let before_rooms: BTreeMap<&str, R> = world
         .calls
         .iter()
@@ -454,36 +683,56 @@ fn check_step(world: &mut World, op: &Op) -> Result<bool, TestCaseError> {
             "two rows for one uid in {name}"
         );
     }
-    Ok(outcome.is_ok() && before != after)
+    Ok((outcome.is_ok() && before != after, settled))
 }
 
 #[test]
 fn no_sequence_breaks_an_invariant() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+    assert!(
+        !committed_regressions().is_empty(),
+        "no committed regression in {REGRESSIONS}"
+    );
     let (acts, act_changes) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+    let settled = Mutex::new(Settled::default());
+    let mut runner = TestRunner::new(ProptestConfig {
         cases: 400,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS))),
         ..ProptestConfig::default()
     });
     let result = runner.run(&sequence(), |ops| {
         let mut world = World::default();
+        let mut run = Settled::default();
         for op in &ops {
-            let changed = check_step(&mut world, op)?;
+            let (changed, by_deadlines) = check_step(&mut world, op)?;
+            run.add(by_deadlines);
             if matches!(op, Op::Act { .. } | Op::Invite { .. }) {
                 acts.fetch_add(1, Ordering::Relaxed);
                 act_changes.fetch_add(usize::from(changed), Ordering::Relaxed);
             }
         }
+        settled.lock().expect("counts").add(run);
         Ok(())
     });
     if let Err(failure) = result {
         panic!("{failure}");
     }
     let (acts, changes) = (acts.into_inner(), act_changes.into_inner());
-    println!("rules: {acts} participant actions and invites, {changes} changed the state");
+    let settled = settled.into_inner().expect("counts");
+    println!(
+        "rules: {acts} participant actions and invites, {changes} changed the state; deadlines: {settled:?}"
+    );
     // A rules module that refused everything would pass every check above.
     assert!(
         changes * 20 > acts,
         "only {changes} of {acts} actions changed anything"
+    );
+    // And one whose deadlines never pass would pass the deadline checks.
+    assert!(
+        settled.each_kind(),
+        "a kind of deadline never settled a call: {settled:?}"
     );
 }
