@@ -18,8 +18,9 @@ QUIET_FOR = dt.timedelta(days=1)
 
 
 def create(service, room, creator, uids):
+    # Rings long enough for the joins even when each is a function's first (slow) invocation.
     body = {"room_name": room, "creator": creator, "uids": uids, "invite_on": 1,
-            "max_participants": 5}
+            "max_participants": 5, "ring_timeout_seconds": 180}
     return service.request("POST", "/api/rooms", body).data
 
 

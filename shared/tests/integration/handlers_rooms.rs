@@ -3,13 +3,13 @@
 
 use crate::common;
 use crate::events;
+use crate::livekit::LiveKitStub;
 
 use std::time::Duration;
 
 use call_shared::handlers;
 use call_shared::store::DbPool;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use events::{Api, Event, encode, event, participant, reply, room_count, room_status, status_of};
 
@@ -1068,71 +1068,14 @@ async fn end_room_reads_the_room_name_from_the_raw_path(pool: DbPool) {
     assert_eq!(room_status(app.store.pool(), "r1").await, Some(3));
 }
 
-/// A LiveKit server stand-in: answers every Twirp call with an empty message and yields the
-/// first DeleteRoom request it saw (request head and body, lossily decoded).
-async fn fake_livekit() -> (String, tokio::task::JoinHandle<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind a local port");
-    let url = format!("http://{}", listener.local_addr().expect("local addr"));
-    let server = tokio::spawn(async move {
-        loop {
-            let (mut socket, _) = listener.accept().await.expect("accept");
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = socket.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
-                        break;
-                    }
-                }
-            }
-            let _ = socket
-                .write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/protobuf\r\n\
-                      content-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-            let request = String::from_utf8_lossy(&buf).into_owned();
-            if request.contains("DeleteRoom") {
-                return request;
-            }
-        }
-    });
-    (url, server)
-}
-
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn end_room_asks_livekit_to_delete_the_room(pool: DbPool) {
-    let (url, server) = fake_livekit().await;
-    let app = common::app_with(pool, &[("LIVEKIT_URL", &url)]);
+    let stub = LiveKitStub::start().await;
+    let app = common::app_with(pool, &[("LIVEKIT_URL", &stub.url)]);
     let api = Api::new(&app);
     api.open("r1", "alice", &["bob"]).await;
     api.end(&api.service(), "r1").await.ok("结束房间成功");
-    let request = tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .expect("LiveKit got no DeleteRoom within 5 s of the room ending")
-        .expect("fake LiveKit server");
-    assert!(
-        request.starts_with("POST /twirp/livekit.RoomService/DeleteRoom"),
-        "{request}"
-    );
-    assert!(
-        request
-            .to_ascii_lowercase()
-            .contains("authorization: bearer "),
-        "{request}"
-    );
-    assert!(request.contains("r1"), "{request}");
+    // The stub counts a DeleteRoom only when its token would pass LiveKit's checks.
+    assert_eq!(stub.deleted(), vec!["r1".to_string()], "{:?}", stub.calls());
+    stub.assert_accepted("DeleteRoom");
 }

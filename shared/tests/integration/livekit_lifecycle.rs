@@ -7,7 +7,7 @@ use crate::events;
 use crate::livekit;
 
 use call_shared::App;
-use call_shared::handlers::livekit_webhook;
+use call_shared::handlers::{livekit_webhook, remove_participant};
 use call_shared::model::Now;
 use call_shared::store::DbPool;
 use call_shared::sweeper::sweep;
@@ -371,8 +371,9 @@ async fn ending_a_room_asks_livekit_to_delete_it(pool: DbPool) {
     let calls = stub.calls();
     assert_eq!(calls.len(), 1);
     assert_eq!(
-        (calls[0].method.as_str(), calls[0].authorized),
-        ("DeleteRoom", true)
+        (calls[0].method.as_str(), &calls[0].refused),
+        ("DeleteRoom", &None),
+        "a token of our key, signed with our secret, granting roomCreate"
     );
     assert_eq!(calls[0].rooms, vec!["r1".to_string()]);
     let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM livekit_teardown")
@@ -515,6 +516,14 @@ async fn the_sweeper_ends_calls_livekit_no_longer_has(pool: DbPool) {
         !stub.deleted().contains(&"r2".to_string()),
         "LiveKit has no such room to delete"
     );
+    assert!(
+        stub.listed()
+            .iter()
+            .any(|names| names.contains(&"r2".to_string())),
+        "the reconcile asked LiveKit about r2: {:?}",
+        stub.calls()
+    );
+    stub.assert_accepted("ListRooms");
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -561,4 +570,301 @@ async fn two_overlapping_sweeps_agree(pool: DbPool) {
     for i in 0..6 {
         assert_eq!(room_status(&pool, &format!("r{i}")).await, Some(3));
     }
+}
+
+/// Takes `uid` out of `room` as the creator's backend does (POST …/participants/{uid}/remove).
+async fn remove(app: &App, room: &str, uid: &str) -> events::Reply {
+    let path = format!("/api/rooms/{room}/participants/{uid}/remove");
+    let req = Event::new("POST", &path)
+        .token(&common::service_token(app))
+        .request();
+    reply(remove_participant(app, req).await)
+}
+
+async fn pending(pool: &DbPool, table: &str) -> Vec<(String, i32)> {
+    let sql = match table {
+        "livekit_teardown" => "SELECT room_name, attempts FROM livekit_teardown",
+        _ => "SELECT uid, attempts FROM livekit_removal",
+    };
+    sqlx::query_as(sql).fetch_all(pool).await.expect("pending")
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn removing_a_participant_asks_livekit_with_admin_rights_on_that_room(pool: DbPool) {
+    let (app, stub) = app_with_livekit(pool.clone(), &[]).await;
+    let api = Api::new(&app);
+    api.open("r1", "alice", &["bob", "carol"]).await;
+    api.joined("r1", "bob").await;
+    api.joined("r1", "carol").await;
+    let r = remove(&app, "r1", "carol").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The stub accepts only roomAdmin with `room` the room the request names.
+    stub.assert_accepted("RemoveParticipant");
+    assert_eq!(
+        stub.removed(),
+        vec![("r1".to_string(), "carol".to_string())]
+    );
+    assert!(pending(&pool, "livekit_removal").await.is_empty());
+}
+
+/// A LiveKit that does not know our key (here: key and secret swapped in the configuration)
+/// refuses every RoomService call. The room's state still changes; the teardown and the
+/// removal stay queued and every sweep tries them again, until MAX_TEARDOWN_ATTEMPTS refused
+/// retries, after which the sweeper gives them up; the reconcile ends nothing.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_livekit_that_refuses_our_credentials_leaves_the_work_queued(pool: DbPool) {
+    let (app, stub) = app_with_livekit(
+        pool.clone(),
+        &[("LIVEKIT_API_KEY", SECRET), ("LIVEKIT_API_SECRET", KEY)],
+    )
+    .await;
+    let api = Api::new(&app);
+    api.open("r1", "alice", &["bob", "carol"]).await;
+    api.joined("r1", "bob").await;
+    api.joined("r1", "carol").await;
+    api.open("r2", "dave", &["erin"]).await;
+
+    assert_eq!(remove(&app, "r1", "carol").await.status, 200);
+    assert_eq!(api.end(&api.service(), "r2").await.status, 200);
+    assert_eq!(
+        room_status(&pool, "r2").await,
+        Some(3),
+        "ended all the same"
+    );
+    let refused = stub.refusals();
+    assert_eq!(refused.len(), 2, "{:?}", stub.calls());
+    for call in &refused {
+        let refusal = call.refused.as_ref().expect("refused");
+        assert_eq!(
+            (refusal.status, refusal.code),
+            (401, "unauthenticated"),
+            "{call:?}"
+        );
+    }
+    assert!(stub.deleted().is_empty() && stub.removed().is_empty());
+    assert_eq!(
+        pending(&pool, "livekit_teardown").await,
+        vec![("r2".to_string(), 0)]
+    );
+    assert_eq!(
+        pending(&pool, "livekit_removal").await,
+        vec![("carol".to_string(), 0)]
+    );
+
+    // A running room quiet for longer than the reconcile's grace: ListRooms is refused too,
+    // and the room is not taken for gone.
+    let report = sweep(&app, later(121)).await.expect("sweep");
+    assert_eq!(report.ended_vanished, 0);
+    assert_eq!(room_status(&pool, "r1").await, Some(1));
+    assert!(
+        stub.refusals().iter().any(|c| c.method == "ListRooms"),
+        "{:?}",
+        stub.calls()
+    );
+    assert_eq!((report.teardowns_failed, report.removals_failed), (1, 1));
+    assert_eq!(
+        pending(&pool, "livekit_teardown").await,
+        vec![("r2".to_string(), 1)]
+    );
+    assert_eq!(
+        pending(&pool, "livekit_removal").await,
+        vec![("carol".to_string(), 1)]
+    );
+
+    let max = call_shared::sweeper::MAX_TEARDOWN_ATTEMPTS;
+    for _ in 1..max {
+        sweep(&app, Now::current()).await.expect("sweep");
+    }
+    assert_eq!(
+        pending(&pool, "livekit_teardown").await,
+        vec![("r2".to_string(), max)]
+    );
+    let last = sweep(&app, Now::current()).await.expect("sweep");
+    assert_eq!((last.teardowns_failed, last.removals_failed), (1, 1));
+    assert!(
+        pending(&pool, "livekit_teardown").await.is_empty(),
+        "given up"
+    );
+    assert!(
+        pending(&pool, "livekit_removal").await.is_empty(),
+        "given up"
+    );
+    let tries = |method: &str| stub.calls().iter().filter(|c| c.method == method).count();
+    let expected = usize::try_from(max).expect("attempts") + 1;
+    assert_eq!(
+        tries("DeleteRoom"),
+        expected,
+        "one inline, then one a sweep"
+    );
+    assert_eq!(tries("RemoveParticipant"), expected);
+    assert_eq!(stub.accepted(), Vec::new(), "not one call was accepted");
+}
+
+/// The stub itself refuses what LiveKit refuses, with LiveKit's status and Twirp code: without
+/// this, a test could pass on a stub that waves everything through.
+#[tokio::test]
+async fn the_stub_refuses_what_livekit_refuses() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use livekit_protocol as proto;
+    use prost::Message;
+    use serde_json::json;
+
+    let stub = LiveKitStub::start().await;
+    let now = now_secs();
+    let sign = |secret: &str, claims: Value| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    };
+    let claims = |video: Value| json!({ "iss": KEY, "exp": now + 600, "nbf": now, "video": video });
+    let create = claims(json!({ "roomCreate": true }));
+    let admin_r1 = claims(json!({ "roomAdmin": true, "room": "r1" }));
+    let delete = proto::DeleteRoomRequest { room: "r1".into() }.encode_to_vec();
+    let list = proto::ListRoomsRequest {
+        names: vec!["r1".into()],
+    }
+    .encode_to_vec();
+    let kick = proto::RoomParticipantIdentity {
+        room: "r1".into(),
+        identity: "bob".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut without_exp = create.clone();
+    without_exp.as_object_mut().expect("claims").remove("exp");
+    let mut expired = create.clone();
+    expired["exp"] = json!(now - 5);
+    let mut early = create.clone();
+    early["nbf"] = json!(now + 60);
+    let mut foreign = create.clone();
+    foreign["iss"] = json!("another-key");
+    let mut swapped = create.clone();
+    swapped["iss"] = json!(SECRET);
+    let mut admin_r2 = admin_r1.clone();
+    admin_r2["video"]["room"] = json!("r2");
+    let list_grant = claims(json!({ "roomList": true }));
+    let create_r1 = claims(json!({ "roomCreate": true, "room": "r1" }));
+    let bearer = |claims: &Value| Some(format!("Bearer {}", sign(SECRET, claims.clone())));
+    let other_secret = Some(format!("Bearer {}", sign("another-secret", create.clone())));
+    let swapped = Some(format!("Bearer {}", sign(KEY, swapped)));
+
+    // name, method, Authorization, status
+    let cases: Vec<(&str, &str, Option<String>, u16)> = vec![
+        ("no Authorization", "DeleteRoom", None, 401),
+        ("not a bearer", "DeleteRoom", Some("Basic a2V5".into()), 401),
+        (
+            "not a JWT",
+            "DeleteRoom",
+            Some("Bearer not-a-jwt".into()),
+            401,
+        ),
+        ("another secret", "DeleteRoom", other_secret, 401),
+        ("key and secret swapped", "DeleteRoom", swapped, 401),
+        ("another issuer", "DeleteRoom", bearer(&foreign), 401),
+        ("no exp", "DeleteRoom", bearer(&without_exp), 401),
+        ("expired", "DeleteRoom", bearer(&expired), 401),
+        ("not valid yet", "DeleteRoom", bearer(&early), 401),
+        (
+            "DeleteRoom, roomList",
+            "DeleteRoom",
+            bearer(&list_grant),
+            403,
+        ),
+        ("ListRooms, roomCreate", "ListRooms", bearer(&create), 403),
+        (
+            "RemoveParticipant, roomCreate",
+            "RemoveParticipant",
+            bearer(&create_r1),
+            403,
+        ),
+        (
+            "RemoveParticipant, admin of r2",
+            "RemoveParticipant",
+            bearer(&admin_r2),
+            403,
+        ),
+        ("DeleteRoom, roomCreate", "DeleteRoom", bearer(&create), 200),
+        ("ListRooms, roomList", "ListRooms", bearer(&list_grant), 200),
+        (
+            "RemoveParticipant, admin of r1",
+            "RemoveParticipant",
+            bearer(&admin_r1),
+            200,
+        ),
+    ];
+    for (i, (name, method, authorization, status)) in cases.iter().enumerate() {
+        let body = match *method {
+            "DeleteRoom" => &delete,
+            "ListRooms" => &list,
+            _ => &kick,
+        };
+        let (got, answer) = post_twirp(&stub.url, method, body, authorization.as_deref()).await;
+        assert_eq!(got, *status, "{name}: {}", String::from_utf8_lossy(&answer));
+        assert_eq!(stub.calls().len(), i + 1, "{name}: one call recorded");
+        let call = stub.calls().pop().expect("recorded");
+        if *status == 200 {
+            assert_eq!(call.refused, None, "{name}");
+            continue;
+        }
+        let code = if *status == 401 {
+            "unauthenticated"
+        } else {
+            "permission_denied"
+        };
+        let error: Value = serde_json::from_slice(&answer).expect("a Twirp error");
+        assert_eq!(error["code"], code, "{name}: {error}");
+        let refusal = call
+            .refused
+            .unwrap_or_else(|| panic!("{name}: recorded as accepted"));
+        assert_eq!((refusal.status, refusal.code), (*status, code), "{name}");
+    }
+}
+
+/// One Twirp call over a connection of its own: (HTTP status, body).
+async fn post_twirp(
+    url: &str,
+    method: &str,
+    body: &[u8],
+    authorization: Option<&str>,
+) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "POST /twirp/livekit.RoomService/{method} HTTP/1.1\r\nhost: {addr}\r\n\
+         content-type: application/protobuf\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(auth) = authorization {
+        head.push_str(&format!("authorization: {auth}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).await.expect("header");
+        let header = header.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(value) = header.strip_prefix("content-length:") {
+            length = value.trim().parse().expect("length");
+        }
+    }
+    let mut answer = vec![0; length];
+    reader.read_exact(&mut answer).await.expect("body");
+    (status, answer)
 }
