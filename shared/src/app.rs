@@ -109,6 +109,23 @@ impl App {
         }
     }
 
+    /// A change that failed on the database's side (the connection lost around COMMIT, a
+    /// timeout) may still have committed, and its retry then changes nothing and forgets
+    /// nothing: drop the cached room anyway (a forget is always safe), then hand the outcome
+    /// back. Refusals decided inside the transaction rolled back and change nothing.
+    pub async fn forget_on_failure<T>(
+        &self,
+        room_name: &str,
+        outcome: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        if let Err(err) = &outcome
+            && err.status() >= 500
+        {
+            self.after_commit(room_name, true, false).await;
+        }
+        outcome
+    }
+
     /// First attempts for the rooms' new events, all within one request's budget.
     pub async fn deliver_events(&self, rooms: &[String]) -> DeliveryReport {
         let budget = self.delivery.settings().inline_budget;

@@ -153,6 +153,7 @@ impl Cache {
             .arg(looked_up.0)
             .arg(ROOM_TTL_SECS)
             .to_owned();
+        let put = &put;
         self.run("put room", Backoff::Honour, |mut c| async move {
             put.query_async::<i64>(&mut c).await
         })
@@ -189,6 +190,7 @@ impl Cache {
                 .del(Self::key(room_name))
                 .ignore();
         }
+        let pipe = &pipe;
         self.run("forget room", backoff, |mut c| async move {
             pipe.query_async::<()>(&mut c).await
         })
@@ -199,7 +201,7 @@ impl Cache {
     /// Whether this webhook event id was processed (only what Redis remembers; the database
     /// has the final word inside the event's transaction).
     pub async fn webhook_seen(&self, event_id: &str) -> bool {
-        let key = format!("{KEY_PREFIX}webhook:{event_id}");
+        let key = &format!("{KEY_PREFIX}webhook:{event_id}");
         self.run("webhook seen", Backoff::Honour, |mut c| async move {
             c.exists::<_, bool>(key).await
         })
@@ -209,7 +211,7 @@ impl Cache {
 
     /// Called only after the event's effect committed.
     pub async fn remember_webhook(&self, event_id: &str) {
-        let key = format!("{KEY_PREFIX}webhook:{event_id}");
+        let key = &format!("{KEY_PREFIX}webhook:{event_id}");
         self.run("remember webhook", Backoff::Honour, |mut c| async move {
             c.set_ex::<_, _, ()>(key, 1, WEBHOOK_TTL_SECS).await
         })
@@ -221,13 +223,13 @@ impl Cache {
     pub async fn count_in_window(&self, bucket: &str, uid: &str) -> Option<(u64, u64)> {
         let now = chrono::Utc::now().timestamp().max(0) as u64;
         let window = now / 60;
-        let key = format!("{KEY_PREFIX}rl:{bucket}:{uid}:{window}");
+        let key = &format!("{KEY_PREFIX}rl:{bucket}:{uid}:{window}");
         let count: u64 = self
             .run("rate limit", Backoff::Honour, |mut c| async move {
                 let (count,): (u64,) = redis::pipe()
                     .atomic()
-                    .incr(&key, 1u64)
-                    .expire(&key, 61)
+                    .incr(key, 1u64)
+                    .expire(key, 61)
                     .ignore()
                     .query_async(&mut c)
                     .await?;
@@ -238,9 +240,11 @@ impl Cache {
     }
 
     /// Runs one Redis call with a deadline; None (and a warning) when Redis is unset or down.
+    /// A connection found dead (Redis restarted, or came back after an outage this instance
+    /// slept through) is not an outage: the call is tried once more on a new connection.
     async fn run<T, F, Fut>(&self, what: &str, backoff: Backoff, call: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: Fn(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let inner = self.inner.as_ref()?;
@@ -248,7 +252,14 @@ impl Cache {
         if backoff == Backoff::Honour && now_ms < inner.skip_until_ms.load(Ordering::Relaxed) {
             return None;
         }
-        match tokio::time::timeout(TIMEOUT * 2, call(inner.conn.clone())).await {
+        let mut outcome = tokio::time::timeout(TIMEOUT * 2, call(inner.conn.clone())).await;
+        if let Ok(Err(err)) = &outcome
+            && (err.is_connection_dropped() || err.is_io_error())
+            && !err.is_timeout()
+        {
+            outcome = tokio::time::timeout(TIMEOUT * 2, call(inner.conn.clone())).await;
+        }
+        match outcome {
             Ok(Ok(value)) => Some(value),
             outcome => {
                 let error = match outcome {

@@ -61,7 +61,8 @@ pub async fn write_down_deadlines(app: &App, now: Now) -> Result<(usize, usize),
     let (mut changed, mut closed) = (0, 0);
     let mut with_events = Vec::new();
     for room in app.store.rooms_due(now, BATCH).await? {
-        let result = app.store.apply_due(&room, now).await?;
+        let applied = app.store.apply_due(&room, now).await;
+        let result = app.forget_on_failure(&room, applied).await?;
         changed += usize::from(result.changed);
         closed += usize::from(result.finalised);
         app.after_commit(&room, result.changed, result.finalised)
@@ -155,7 +156,8 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
                 Ok(Some(alive)) => {
                     let mut ended = Vec::new();
                     for room in running.iter().filter(|r| !alive.contains(*r)) {
-                        let result = app.store.end_vanished(room, now).await?;
+                        let ended_now = app.store.end_vanished(room, now).await;
+                        let result = app.forget_on_failure(room, ended_now).await?;
                         report.ended_vanished += usize::from(result.finalised);
                         app.after_commit(room, result.changed, false).await;
                         if result.changed {

@@ -103,7 +103,8 @@ pub async fn join_room(app: &App, req: Request) -> Result<Response<Body>, Error>
                 Now::current(),
                 |_| Ok(()),
             )
-            .await?;
+            .await;
+        let result = app.forget_on_failure(&body.room_name, result).await?;
         app.after_change(&body.room_name, result.changed, result.finalised)
             .await;
         let token = app.livekit.token(&result.room, &body.uid)?;
@@ -153,7 +154,8 @@ pub async fn leave_room(app: &App, req: Request) -> Result<Response<Body>, Error
                 Now::current(),
                 |_| Ok(()),
             )
-            .await?;
+            .await;
+        let result = app.forget_on_failure(&body.room_name, result).await?;
         app.after_change(&body.room_name, result.changed, result.finalised)
             .await;
         ok(msg::LEFT, result.participant)
@@ -222,12 +224,13 @@ pub async fn invite_participants(app: &App, req: Request) -> Result<Response<Bod
         // A user is counted as itself; a service, which acts for the creator, per room.
         app.rate_limit(Limited::Invite, caller.uid().unwrap_or(&room_name))
             .await?;
-        let (_, rows, finalised) = app
+        let invited = app
             .store
             .invite(&room_name, &body.uids, Now::current(), |state| {
                 caller.may_manage(&state.room.creator)
             })
-            .await?;
+            .await;
+        let (_, rows, finalised) = app.forget_on_failure(&room_name, invited).await?;
         app.after_change(&room_name, true, finalised).await;
         ok(msg::INVITED, rows)
     })
@@ -271,7 +274,8 @@ pub async fn update_participant_status(app: &App, req: Request) -> Result<Respon
             .participant_action(&room_name, &uid, action, Now::current(), |state| {
                 may_set_status(&caller, state, &uid, status)
             })
-            .await?;
+            .await;
+        let result = app.forget_on_failure(&room_name, result).await?;
         app.after_change(&room_name, result.changed, result.finalised)
             .await;
         ok(msg::PARTICIPANT_STATUS_UPDATED, result.participant)
@@ -308,7 +312,8 @@ pub async fn remove_participant(app: &App, req: Request) -> Result<Response<Body
             .participant_action(&room_name, &uid, Action::Remove, Now::current(), |state| {
                 caller.may_manage(&state.room.creator)
             })
-            .await?;
+            .await;
+        let result = app.forget_on_failure(&room_name, result).await?;
         app.after_change(&room_name, result.changed, result.finalised)
             .await;
         if result.changed {

@@ -396,7 +396,8 @@ pub async fn update_room_status(app: &App, req: Request) -> Result<Response<Body
             .set_room_status(&room_name, status, Now::current(), |state| {
                 caller.may_manage(&state.room.creator)
             })
-            .await?;
+            .await;
+        let result = app.forget_on_failure(&room_name, result).await?;
         app.after_change(&room_name, result.changed, result.finalised)
             .await;
         ok(msg::ROOM_STATUS_UPDATED, result.room)
@@ -426,7 +427,8 @@ pub async fn end_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
             .end_room(&room_name, Now::current(), |state| {
                 caller.may_manage(&state.room.creator)
             })
-            .await?;
+            .await;
+        let result = app.forget_on_failure(&room_name, result).await?;
         app.after_change(&room_name, result.changed, result.finalised)
             .await;
         ok(msg::ROOM_ENDED, result.room)

@@ -40,7 +40,8 @@ pub async fn livekit_webhook(app: &App, req: Request) -> Result<Response<Body>, 
         let outcome = if app.cache.webhook_seen(&event.id).await {
             WebhookOutcome::Duplicate
         } else {
-            let outcome = app.store.apply_webhook(&event, Now::current()).await?;
+            let applied = app.store.apply_webhook(&event, Now::current()).await;
+            let outcome = app.forget_on_failure(&event.room_name, applied).await?;
             app.cache.remember_webhook(&event.id).await;
             outcome
         };

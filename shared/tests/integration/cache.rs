@@ -421,3 +421,121 @@ async fn owed_forgets(pool: &DbPool) -> Vec<(String, i32)> {
         .await
         .expect("read cache_invalidation")
 }
+
+/// A change that fails on the database's side may have committed all the same (the answer to
+/// COMMIT lost with the connection), and a client's retry then changes nothing and forgets
+/// nothing: the failed attempt drops the cached copy itself.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_change_the_database_failed_still_drops_the_cached_room(pool: DbPool) {
+    let redis = common::redis_url();
+    let reader = common::app_with(pool.clone(), &[("REDIS_URL", &redis)]);
+    #[cfg(not(feature = "embedded"))]
+    let unreachable = "mysql://root@127.0.0.1:1/call";
+    #[cfg(feature = "embedded")]
+    let unreachable = "sqlite:///nonexistent-dir/call.db";
+    let cut_off = call_shared::App::with_store(
+        common::config(&[("REDIS_URL", &redis)]),
+        call_shared::store::Store::connect_lazy(unreachable).expect("url"),
+    )
+    .expect("app");
+    let token = common::service_token(&reader);
+    let name = unique("unsure");
+    seed_room(&reader, &name).await;
+    let path = format!("/api/rooms/{name}");
+    let before = get_room(&reader, request("GET", &path, &token, ""))
+        .await
+        .expect("response");
+    assert_eq!(json(&before)["data"]["status"], 0);
+    assert!(reader.cache.get_room(&name).await.room.is_some());
+
+    let failed = end_room(
+        &cut_off,
+        request("POST", &format!("{path}/end"), &token, ""),
+    )
+    .await
+    .expect("response");
+    assert_eq!(failed.status(), 503, "{}", json(&failed));
+    assert_eq!(
+        reader.cache.get_room(&name).await.room,
+        None,
+        "the copy goes whether or not the change committed"
+    );
+}
+
+/// Relays connections to the test Redis until dropped, which cuts every relayed connection:
+/// Redis restarting, or a partition healing, as a Lambda instance's kept connection sees it.
+struct RedisRelay {
+    accept: tokio::task::JoinHandle<()>,
+    addr: std::net::SocketAddr,
+}
+
+impl RedisRelay {
+    async fn start(addr: Option<std::net::SocketAddr>) -> RedisRelay {
+        use tokio::net::{TcpListener, TcpStream};
+        let upstream = match redis::Client::open(common::redis_url())
+            .expect("redis url")
+            .get_connection_info()
+            .addr()
+            .clone()
+        {
+            redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+            other => panic!("the test Redis must be on TCP, not {other:?}"),
+        };
+        let wanted = addr.unwrap_or_else(|| "127.0.0.1:0".parse().expect("addr"));
+        // The port of a relay just dropped may take a moment to be free again.
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(wanted).await {
+                Ok(listener) => break listener,
+                Err(err) if tries < 50 => {
+                    tries += 1;
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("bind the relay: {err}"),
+            }
+        };
+        let addr = listener.local_addr().expect("addr");
+        let accept = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                links.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        RedisRelay { accept, addr }
+    }
+}
+
+impl Drop for RedisRelay {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// An instance whose Redis connection died while it was idle (Redis restarted, a partition
+/// healed) finds out on its next call: that call goes through on a new connection instead of
+/// failing, so a commit's forget is not lost and no backoff starts.
+#[tokio::test]
+async fn a_redis_connection_found_dead_is_replaced_within_the_call() {
+    let relay = RedisRelay::start(None).await;
+    let addr = relay.addr;
+    let cache = Cache::new(Some(&format!("redis://{addr}/0"))).expect("url");
+    let name = unique("dropped");
+    assert!(
+        cache.get_room(&name).await.generation.is_some(),
+        "connected through the relay"
+    );
+    drop(relay);
+    let _back = RedisRelay::start(Some(addr)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        cache.forget_room(&name).await,
+        "the forget went through on a new connection"
+    );
+    assert!(cache.get_room(&name).await.generation.is_some());
+}
