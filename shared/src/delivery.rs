@@ -11,6 +11,7 @@
 //! only one deliverer sends them at a time, and a later event is sent only once every earlier
 //! one owed to that endpoint was delivered or given up.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -74,10 +75,51 @@ enum Answer {
     Refused(u16),
 }
 
+/// Where delivery reads the time (leases, backoff, the retry window, the records) and the
+/// jitter of its retries: the system clock and random bytes, or, in tests, a clock they move,
+/// so a schedule of 25 hours runs in a second. Attempts' own timeouts stay in real time.
+#[derive(Clone)]
+pub struct Clock {
+    now: Arc<dyn Fn() -> Now + Send + Sync>,
+    jitter: Arc<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock::new(Now::current, random_jitter)
+    }
+
+    /// `jitter` answers in 0..=1: 0 keeps a pause whole, 1 halves it.
+    pub fn new(
+        now: impl Fn() -> Now + Send + Sync + 'static,
+        jitter: impl Fn() -> f64 + Send + Sync + 'static,
+    ) -> Self {
+        Clock {
+            now: Arc::new(now),
+            jitter: Arc::new(jitter),
+        }
+    }
+
+    pub fn now(&self) -> Now {
+        (self.now)()
+    }
+
+    fn jitter(&self) -> f64 {
+        (self.jitter)().clamp(0.0, 1.0)
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 pub struct Deliverer {
     endpoints: Vec<EventEndpoint>,
     settings: DeliverySettings,
     client: Result<reqwest::Client, String>,
+    clock: Clock,
 }
 
 impl Deliverer {
@@ -99,7 +141,14 @@ impl Deliverer {
             endpoints: config.event_endpoints.clone(),
             settings,
             client,
+            clock: Clock::system(),
         }
+    }
+
+    /// The same deliverer on another clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn endpoints(&self) -> &[EventEndpoint] {
@@ -206,7 +255,7 @@ impl Deliverer {
         report: &mut DeliveryReport,
     ) -> Result<Option<NaiveDateTime>, ApiError> {
         let started = Instant::now();
-        let now = Now::current();
+        let now = self.clock.now();
         let lease_len = match mode {
             Mode::Inline => deadline.saturating_duration_since(started) + LEASE_MARGIN,
             Mode::Sweep => self.settings.timeout * 4 + LEASE_MARGIN,
@@ -256,14 +305,14 @@ impl Deliverer {
                 Mode::Inline => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining < MIN_INLINE_ATTEMPT {
-                        left = Some(Now::current().at);
+                        left = Some(self.clock.now().at);
                         break;
                     }
                     remaining.min(self.settings.timeout)
                 }
                 Mode::Sweep => {
                     if Instant::now() > sweep_until {
-                        left = Some(Now::current().at);
+                        left = Some(self.clock.now().at);
                         break;
                     }
                     self.settings.timeout
@@ -271,7 +320,7 @@ impl Deliverer {
             };
             let sent = Instant::now();
             let answer = self.attempt(endpoint, event, timeout).await;
-            let at = Now::current();
+            let at = self.clock.now();
             let mut record = AttemptRecord {
                 event_id: event.event_id.clone(),
                 endpoint: endpoint.key.clone(),
@@ -311,14 +360,18 @@ impl Deliverer {
                     record.http_status = status.map(i32::from);
                     record.error = Some(error);
                     let since = update.failing_since.unwrap_or(at.at);
-                    if at.at - since >= to_chrono(self.settings.retry_window) {
+                    let failures = update.attempts + 1;
+                    let jitter = self.clock.jitter();
+                    let Some(retry_at) =
+                        next_attempt_at(&self.settings, since, at.at, failures, jitter)
+                    else {
                         record.outcome = "gave_up";
                         report.gave_up += 1;
                         update = finish(event.seq, at);
                         finished.push(event.id);
                         records.push(record);
                         continue;
-                    }
+                    };
                     record.outcome = "failed";
                     report.failed += 1;
                     update.failing_since = Some(since);
@@ -327,8 +380,8 @@ impl Deliverer {
                         // with the attempt's whole timeout.
                         at.at
                     } else {
-                        update.attempts += 1;
-                        at.at + to_chrono(backoff(&self.settings, update.attempts))
+                        update.attempts = failures;
+                        retry_at
                     };
                     left = Some(update.next_attempt_at);
                     records.push(record);
@@ -338,7 +391,7 @@ impl Deliverer {
         }
         if left.is_none() && events.len() as i64 == EVENTS_PER_LEASE {
             // A full page: there may be more.
-            left = Some(Now::current().at);
+            left = Some(self.clock.now().at);
         }
         let kept = store
             .release_stream(&endpoint.key, room, &token, &update)
@@ -414,12 +467,12 @@ impl Deliverer {
                 latency_ms: sent.elapsed().as_millis() as i64,
                 error,
                 inline: false,
-                at: Now::current().at,
+                at: self.clock.now().at,
             });
         }
         store.record_attempts(&records).await?;
         if in_order {
-            store.retry_now(&event.room_name, Now::current()).await?;
+            store.retry_now(&event.room_name, self.clock.now()).await?;
             let rooms = [event.room_name.clone()];
             let streamed = self
                 .deliver(store, &rooms, Mode::Sweep, self.settings.timeout)
@@ -432,7 +485,7 @@ impl Deliverer {
     /// Events owed to an endpoint that is no longer configured are given up for it.
     async fn give_up_unconfigured(&self, store: &Store, room: &str) -> Result<usize, ApiError> {
         let events = store.pending_events(room, 0, EVENTS_PER_LEASE).await?;
-        let now = Now::current();
+        let now = self.clock.now();
         let mut records = Vec::new();
         let mut finished = Vec::new();
         for event in &events {
@@ -563,6 +616,11 @@ fn describe(err: &reqwest::Error, timeout: Duration) -> String {
 /// The pause before attempt `attempts + 1`: the base doubled per failure, capped, jittered
 /// down by up to half so receivers coming back are not hit by every retry at once.
 pub fn backoff(settings: &DeliverySettings, attempts: i32) -> Duration {
+    backoff_with(settings, attempts, random_jitter())
+}
+
+/// [`backoff`] with a chosen `jitter` in 0..=1 (0: the whole pause, 1: half of it).
+pub fn backoff_with(settings: &DeliverySettings, attempts: i32, jitter: f64) -> Duration {
     let doublings = u32::try_from(attempts.saturating_sub(1))
         .unwrap_or(0)
         .min(30);
@@ -570,12 +628,31 @@ pub fn backoff(settings: &DeliverySettings, attempts: i32) -> Duration {
         .retry_base
         .saturating_mul(1u32 << doublings)
         .min(settings.retry_max);
+    full.mul_f64(1.0 - jitter.clamp(0.0, 1.0) / 2.0)
+}
+
+/// After the `failures`th failed attempt in a row of an event (made at `failed_at`, the first
+/// at `failing_since`): when to try it again, or None once the retry window has passed since
+/// the first failure (the event is then given up).
+pub fn next_attempt_at(
+    settings: &DeliverySettings,
+    failing_since: NaiveDateTime,
+    failed_at: NaiveDateTime,
+    failures: i32,
+    jitter: f64,
+) -> Option<NaiveDateTime> {
+    if failed_at - failing_since >= to_chrono(settings.retry_window) {
+        return None;
+    }
+    Some(failed_at + to_chrono(backoff_with(settings, failures, jitter)))
+}
+
+fn random_jitter() -> f64 {
     let mut bytes = [0u8; 4];
-    let jitter = match getrandom::fill(&mut bytes) {
+    match getrandom::fill(&mut bytes) {
         Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),
         Err(_) => 0.5,
-    };
-    full.mul_f64(1.0 - jitter / 2.0)
+    }
 }
 
 /// `webhook-signature` as the Standard Webhooks specification defines it: `v1,` and the

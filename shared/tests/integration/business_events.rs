@@ -158,6 +158,7 @@ async fn a_one_to_one_call_delivers_its_events_in_order_inside_the_requests(pool
             .iter()
             .all(|(o, inline)| o == "delivered" && *inline == 1)
     );
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -211,10 +212,19 @@ async fn a_receiver_that_fails_then_recovers_gets_every_event_once_in_order(pool
             ("room.started", ""),
         ])
     );
-    // Failed attempts carried the same id as the delivered one.
+    // Failed attempts carried the same id and the same body as the delivered one, and the
+    // sweeper's retries were signed over exactly that body, each with its own timestamp.
     let received = receiver.received();
     assert_eq!(received[0].id, received[1].id);
     assert_eq!(received[1].id, received[2].id);
+    for retry in &received[1..3] {
+        assert_eq!(
+            retry.body, received[0].body,
+            "a retry sends the stored body"
+        );
+        assert!(retry.verified, "a retry's signature: {retry:?}");
+        assert_signed(retry);
+    }
     let attempts: Vec<(String, i64, String, Option<i64>)> = sqlx::query_as(
         "SELECT event_id, attempt, outcome, http_status FROM event_attempt ORDER BY id LIMIT 3",
     )
@@ -232,6 +242,7 @@ async fn a_receiver_that_fails_then_recovers_gets_every_event_once_in_order(pool
             (3, "delivered", Some(200))
         ]
     );
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -258,6 +269,7 @@ async fn a_410_ends_the_attempts_for_that_event_and_the_next_ones_follow(pool: D
     assert_eq!(created, [("gave_up".to_owned(), Some(410))]);
     sweep_until_quiet(&app, Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 3, "never retried");
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -290,6 +302,7 @@ async fn a_receiver_slower_than_the_budget_is_retried_with_the_full_timeout(pool
         delivered, 2,
         "room.created and the creator's join, by the sweep"
     );
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -327,6 +340,7 @@ async fn an_endpoint_that_keeps_failing_gets_no_inline_attempts_until_it_recover
             .collect();
         assert_eq!(got, ["room.created", "participant.joined"], "{room}");
     }
+    receiver.assert_all_verified();
 }
 
 /// The pause holds for a room whose stream exists already (delivered up to date), not only
@@ -365,6 +379,7 @@ async fn a_paused_endpoint_gets_no_inline_attempt_for_a_room_it_has_served_befor
         r1,
         ["room.created", "participant.joined", "participant.invited"]
     );
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -391,6 +406,7 @@ async fn an_event_is_given_up_after_the_retry_window(pool: DbPool) {
         .await
         .expect("owed");
     assert_eq!(owed, 0);
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -410,49 +426,95 @@ async fn a_type_filter_sends_only_those_events(pool: DbPool) {
         6,
         "seq counts every event of the room"
     );
+    receiver.assert_all_verified();
+}
+
+/// One page of the feed after `cursor` (from the start without one): the events' ids, the
+/// next cursor and whether there is more.
+async fn feed_page(api: &Api<'_>, cursor: Option<&str>, limit: u32) -> (Vec<String>, String, bool) {
+    let query = match cursor {
+        Some(cursor) => format!("limit={limit}&after={cursor}"),
+        None => format!("limit={limit}"),
+    };
+    let page = api.list_events(&api.service(), &query).await;
+    let data = page.ok("获取事件列表成功").clone();
+    let ids = data["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["id"].as_str().expect("id").to_owned())
+        .collect();
+    let next = data["next_cursor"].as_str().expect("cursor").to_owned();
+    (ids, next, data["has_more"].as_bool().expect("has_more"))
+}
+
+/// Event ids as stored, in the order `order_by` gives.
+async fn event_ids(pool: &DbPool, order_by: &str) -> Vec<String> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT event_id FROM call_event ORDER BY {order_by}"
+    )))
+    .fetch_all(pool)
+    .await
+    .expect("events")
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
-async fn the_feed_pages_every_event_exactly_once(pool: DbPool) {
+async fn the_feed_pages_every_event_exactly_once_with_events_written_between_pages(pool: DbPool) {
     let app = common::app(pool.clone());
     let api = Api::new(&app);
     api.open("r1", "a", &["b"]).await;
     api.open("r2", "c", &[]).await;
-    let mut seen = Vec::new();
-    let mut cursor = String::new();
-    for _ in 0..10 {
-        let query = if cursor.is_empty() {
-            "limit=2".to_owned()
-        } else {
-            format!("limit=2&after={cursor}")
-        };
-        let page = api.list_events(&api.service(), &query).await;
-        let data = page.ok("获取事件列表成功").clone();
-        let events = data["events"].as_array().expect("events").clone();
-        cursor = data["next_cursor"].as_str().expect("cursor").to_owned();
-        if events.is_empty() {
+    let before = event_ids(&pool, "id").await;
+    assert_eq!(before.len(), 5);
+
+    let (first, mut cursor, more) = feed_page(&api, None, 2).await;
+    assert_eq!(first, before[..2], "page 1: the oldest two");
+    assert!(more);
+    // Between two pages, on purpose: new events commit after the reader's cursor was handed
+    // out, in both rooms (r2 ends, r1 rings one more).
+    api.ended("r2").await;
+    let invited = api.invite(&api.service(), "r1", &["d"]).await;
+    assert_eq!(invited.status, 200, "{}", invited.body);
+    let between: Vec<String> = event_ids(&pool, "id")
+        .await
+        .into_iter()
+        .filter(|id| !before.contains(id))
+        .collect();
+    assert!(between.len() >= 3, "written between the pages: {between:?}");
+
+    let mut seen = first;
+    for _ in 0..20 {
+        let (ids, next, more) = feed_page(&api, Some(&cursor), 2).await;
+        assert!(ids.len() <= 2);
+        seen.extend(ids);
+        cursor = next;
+        if !more {
             break;
         }
-        if seen.len() == 3 {
-            // Events written between two pages come after the cursor.
-            api.ended("r2").await;
-        }
-        seen.extend(
-            events
-                .iter()
-                .map(|e| e["id"].as_str().unwrap_or("").to_owned()),
-        );
     }
-    let mut all: Vec<String> = sqlx::query_scalar("SELECT event_id FROM call_event")
-        .fetch_all(&pool)
-        .await
-        .expect("events");
-    let mut unique = seen.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), seen.len(), "no event twice: {seen:?}");
-    all.sort();
-    assert_eq!(unique, all, "every event once");
+    // Every event once, none skipped or repeated, in publication order: what was there at
+    // page 1 first, in id order, then what was written between the pages.
+    let mut expected = before.clone();
+    expected.extend(between.iter().cloned());
+    assert_eq!(seen, expected, "the feed as read, page by page");
+    let (tail, _, more) = feed_page(&api, Some(&cursor), 2).await;
+    assert!(tail.is_empty() && !more, "the end: {tail:?}");
+    assert_eq!(seen, event_ids(&pool, "feed_batch, id").await);
+    let seqs: Vec<(String, i64)> =
+        sqlx::query_as("SELECT event_id, seq FROM call_event WHERE room_name = 'r1' ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .expect("r1");
+    let r1_seen: Vec<&String> = seen
+        .iter()
+        .filter(|id| seqs.iter().any(|(e, _)| e == *id))
+        .collect();
+    assert_eq!(
+        r1_seen,
+        seqs.iter().map(|(e, _)| e).collect::<Vec<_>>(),
+        "one room's events in seq order"
+    );
+    common::assert_nothing_held(&pool).await;
 }
 
 /// Transactions commit out of id order: the feed never hands out an event past one that is
@@ -463,7 +525,8 @@ async fn the_feed_pages_every_event_exactly_once(pool: DbPool) {
 async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbPool) {
     use sqlx::Connection;
     let app = common::app(pool.clone());
-    let api = Api::new(&app);
+    // The late transaction below is held open on purpose across these requests.
+    let api = Api::without_held_check(&app);
     let mut conn = pool.acquire().await.expect("connection");
     let mut late = conn.begin().await.expect("begin");
     sqlx::query(
@@ -501,6 +564,7 @@ async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbP
         .filter_map(|e| e["id"].as_str())
         .collect();
     assert_eq!(ids, ["evt_late"], "the late commit follows the cursor");
+    common::assert_nothing_held(&pool).await;
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -545,6 +609,7 @@ async fn event_details_and_redelivery_are_for_services_only(pool: DbPool) {
     api.list_events(&api.service(), "limit=0")
         .await
         .err(400, "invalid_parameters");
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -567,6 +632,7 @@ async fn redelivering_a_pending_event_keeps_the_room_in_order(pool: DbPool) {
         receiver.story(),
         pairs(&[("room.created", ""), ("participant.joined", "a")])
     );
+    receiver.assert_all_verified();
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
@@ -595,4 +661,5 @@ async fn delivered_events_are_purged_after_the_retention(pool: DbPool) {
     .await
     .expect("counts");
     assert_eq!((events, attempts), (0, 0));
+    receiver.assert_all_verified();
 }

@@ -64,39 +64,114 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned())
 }
 
+/// The tables a change of the service writes (migrations/): a call's rows and counters,
+/// LiveKit's webhook ids and teardown queues, and the business-event outbox, feed head,
+/// delivery streams, endpoint health and attempts, and the room cache's owed forgets. The lock check takes every table of the
+/// schema, so a table a later migration adds is covered too; this list is the floor that the
+/// check's own test holds it to.
+pub const SERVICE_TABLES: &[&str] = &[
+    "call_room",
+    "call_participant",
+    "room_count",
+    "webhook_event",
+    "livekit_teardown",
+    "livekit_removal",
+    "call_event",
+    "event_feed_head",
+    "event_stream",
+    "event_endpoint",
+    "event_attempt",
+    "cache_invalidation",
+];
+
+#[cfg(not(feature = "embedded"))]
+type Connection = sqlx::MySqlConnection;
+#[cfg(feature = "embedded")]
+type Connection = sqlx::SqliteConnection;
+
+/// Every table of the test database but sqlx's own, by name (on a connection of its own, so
+/// it answers for a pool a test closed too).
+pub async fn schema_tables(pool: &DbPool) -> Vec<String> {
+    use sqlx::ConnectOptions;
+    let mut conn = pool
+        .connect_options()
+        .connect()
+        .await
+        .expect("a connection");
+    let tables = tables_on(&mut conn).await;
+    sqlx::Connection::close(conn).await.ok();
+    tables
+}
+
+async fn tables_on(conn: &mut Connection) -> Vec<String> {
+    #[cfg(not(feature = "embedded"))]
+    let sql = "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+               WHERE table_schema = DATABASE() AND table_name <> '_sqlx_migrations' \
+               ORDER BY table_name";
+    #[cfg(feature = "embedded")]
+    let sql = "SELECT name FROM sqlite_master WHERE type = 'table' \
+               AND name <> '_sqlx_migrations' AND name NOT LIKE 'sqlite_%' ORDER BY name";
+    sqlx::query_scalar(sql)
+        .fetch_all(conn)
+        .await
+        .expect("the schema's tables")
+}
+
 /// What another Lambda instance sees once a request has been answered: a connection of its
-/// own can lock every room and participant row (MariaDB) or take the write lock (SQLite) at
-/// once. It waits up to 5 s, which covers a concurrent request of the same test in flight on
-/// a loaded machine; a lock that was left behind never goes, so it still fails. A transaction left open on the store's kept connection keeps the row locks of its
-/// `SELECT … FOR UPDATE` and fails this; a read through the same connection (which sends the
-/// queued ROLLBACK first) or a plain read through the pool would not see it.
+/// own can lock every row of every table of the schema ([`SERVICE_TABLES`] and any table a later
+/// migration adds) on MariaDB,
+/// or take the write lock on SQLite, within 5 s. The wait covers a concurrent request of the
+/// same test in flight on a loaded machine; a lock that was left behind never goes, so it
+/// still fails. A transaction left open on the store's kept connection keeps the row locks of
+/// what it wrote or selected `FOR UPDATE` and fails this; a read through the same connection
+/// (which sends the queued ROLLBACK first) or a plain read through the pool would not see it.
+///
+/// On SQLite one write lock covers the whole file, so taking it (`BEGIN IMMEDIATE`) checks
+/// every table at once: any transaction left open after a write holds it. SQLite has no view
+/// of open transactions (the HTTP suites' `open_transactions()` answers `[]` there), and this
+/// check stands in for it, with one gap: a transaction left open that only read takes no
+/// write lock (in WAL mode it only pins a snapshot), so neither check sees it.
 ///
 /// (information_schema.innodb_trx is no help here: while other tests create and drop their
 /// databases, MariaDB 10.11 lists lock-free internal transactions under idle test
 /// connections for seconds. The HTTP suites, one database and no DDL, do check it.)
 pub async fn assert_nothing_held(pool: &DbPool) {
+    let held = held_tables(pool, std::time::Duration::from_secs(5)).await;
+    assert!(
+        held.is_empty(),
+        "another instance cannot lock what the service writes: {held:?}"
+    );
+}
+
+/// What another instance cannot lock within `wait` (whole seconds on MariaDB; zero: not wait
+/// at all): each table of the schema with the error (MariaDB), or the write lock
+/// (SQLite, named `write lock`).
+pub async fn held_tables(pool: &DbPool, wait: std::time::Duration) -> Vec<String> {
     use sqlx::{ConnectOptions, Executor};
     let mut other = pool
         .connect_options()
         .connect()
         .await
         .expect("a connection of another instance");
+    let mut held = Vec::new();
     #[cfg(not(feature = "embedded"))]
     {
         other
-            .execute("SET SESSION innodb_lock_wait_timeout = 5")
+            .execute(sqlx::AssertSqlSafe(format!(
+                "SET SESSION innodb_lock_wait_timeout = {}",
+                wait.as_secs()
+            )))
             .await
             .expect("set lock wait");
-        for sql in [
-            "SELECT id FROM call_room FOR UPDATE",
-            "SELECT id FROM call_participant FOR UPDATE",
-        ] {
-            // A deadlock (1213) means a request still in flight locked rows in the other
-            // order; a transaction left open waits for nothing and so can never deadlock, it
-            // shows as a lock-wait timeout (1205). Try the scan again after a deadlock.
+        for table in tables_on(&mut other).await {
+            // Each scan is a statement of its own (autocommit), so it holds its locks only
+            // while it runs. A deadlock (1213) means a request still in flight locked rows in
+            // the other order; a transaction left open waits for nothing and so can never
+            // deadlock, it shows as a lock-wait timeout (1205). Try again after a deadlock.
+            let sql = format!("SELECT 1 FROM {table} FOR UPDATE");
             let mut attempt = 0;
             loop {
-                match other.execute(sql).await {
+                match other.execute(sqlx::AssertSqlSafe(sql.clone())).await {
                     Ok(_) => break,
                     Err(sqlx::Error::Database(db))
                         if attempt < 50
@@ -107,7 +182,10 @@ pub async fn assert_nothing_held(pool: &DbPool) {
                         attempt += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
-                    Err(err) => panic!("another instance cannot lock the rows ({sql}): {err}"),
+                    Err(err) => {
+                        held.push(format!("{table}: {err}"));
+                        break;
+                    }
                 }
             }
         }
@@ -115,13 +193,19 @@ pub async fn assert_nothing_held(pool: &DbPool) {
     #[cfg(feature = "embedded")]
     {
         other
-            .execute("PRAGMA busy_timeout = 5000")
+            .execute(sqlx::AssertSqlSafe(format!(
+                "PRAGMA busy_timeout = {}",
+                wait.as_millis()
+            )))
             .await
             .expect("busy timeout");
-        if let Err(err) = other.execute("BEGIN IMMEDIATE").await {
-            panic!("another instance cannot take the write lock: {err}");
+        match other.execute("BEGIN IMMEDIATE").await {
+            Ok(_) => {
+                other.execute("ROLLBACK").await.expect("rollback");
+            }
+            Err(err) => held.push(format!("write lock: {err}")),
         }
-        other.execute("ROLLBACK").await.expect("rollback");
     }
     sqlx::Connection::close(other).await.ok();
+    held
 }
