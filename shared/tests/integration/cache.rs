@@ -48,6 +48,13 @@ fn request(method: &str, path: &str, token: &str, body: &str) -> Request {
         .expect("request")
 }
 
+/// GET /api/rooms/{name} through `app`, as a client of that instance.
+async fn read_room(app: &call_shared::App, path: &str, token: &str) -> Response<Body> {
+    get_room(app, request("GET", path, token, ""))
+        .await
+        .expect("response")
+}
+
 fn json(response: &Response<Body>) -> Value {
     serde_json::from_slice(response.body().as_ref()).expect("json body")
 }
@@ -165,14 +172,10 @@ async fn get_room_is_served_from_the_cache_without_the_database(pool: DbPool) {
     let name = unique("cached");
     seed_room(&app, &name).await;
     let path = format!("/api/rooms/{name}");
-    let first = get_room(&app, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let first = read_room(&app, &path, &token).await;
     assert_eq!(first.status(), 200);
     app.store.close().await;
-    let second = get_room(&app, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let second = read_room(&app, &path, &token).await;
     assert_eq!(second.status(), 200, "{}", json(&second));
     assert_eq!(json(&second)["data"], json(&first)["data"]);
 }
@@ -188,9 +191,7 @@ async fn a_commit_forgets_the_cached_room(pool: DbPool) {
     let name = unique("stale");
     seed_room(&reader, &name).await;
     let path = format!("/api/rooms/{name}");
-    let before = get_room(&reader, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let before = read_room(&reader, &path, &token).await;
     assert_eq!(json(&before)["data"]["status"], 0);
     let cached = reader
         .cache
@@ -210,9 +211,7 @@ async fn a_commit_forgets_the_cached_room(pool: DbPool) {
         "the commit forgot it"
     );
 
-    let after = get_room(&reader, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let after = read_room(&reader, &path, &token).await;
     assert_eq!(json(&after)["data"]["status"], 3);
 }
 
@@ -302,9 +301,7 @@ async fn a_cached_ringing_room_is_not_served_past_its_ring_deadline(pool: DbPool
         .await
         .expect("create");
     let path = format!("/api/rooms/{name}");
-    let ringing = get_room(&app, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let ringing = read_room(&app, &path, &token).await;
     assert_eq!(json(&ringing)["data"]["status"], 0, "{}", json(&ringing));
     let cached = app.cache.get_room(&name).await.room.expect("cached");
     let deadline = cached.deadline.expect("the copy carries the ring deadline");
@@ -317,9 +314,7 @@ async fn a_cached_ringing_room_is_not_served_past_its_ring_deadline(pool: DbPool
         "the copy is still in Redis"
     );
     assert!(!cached.current_at(Now::current().at));
-    let after = get_room(&app, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let after = read_room(&app, &path, &token).await;
     let expected = common::loaded_now(&app, &name).await.room.status;
     assert!(
         expected.is_final(),
@@ -346,9 +341,7 @@ async fn a_forget_redis_missed_is_made_by_the_next_sweep(pool: DbPool) {
     let name = unique("owed");
     seed_room(&reader, &name).await;
     let path = format!("/api/rooms/{name}");
-    let before = get_room(&reader, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let before = read_room(&reader, &path, &token).await;
     assert_eq!(json(&before)["data"]["status"], 0);
 
     let ended = end_room(
@@ -384,9 +377,7 @@ async fn a_forget_redis_missed_is_made_by_the_next_sweep(pool: DbPool) {
             .iter()
             .all(|(room, _)| room != &name)
     );
-    let after = get_room(&reader, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let after = read_room(&reader, &path, &token).await;
     assert_eq!(json(&after)["data"]["status"], 3, "{}", json(&after));
     common::assert_nothing_held(&pool).await;
 }
@@ -442,9 +433,7 @@ async fn a_change_the_database_failed_still_drops_the_cached_room(pool: DbPool) 
     let name = unique("unsure");
     seed_room(&reader, &name).await;
     let path = format!("/api/rooms/{name}");
-    let before = get_room(&reader, request("GET", &path, &token, ""))
-        .await
-        .expect("response");
+    let before = read_room(&reader, &path, &token).await;
     assert_eq!(json(&before)["data"]["status"], 0);
     assert!(reader.cache.get_room(&name).await.room.is_some());
 
