@@ -35,9 +35,13 @@ every few seconds, the invariants that hold at every commit; after the run, once
 has timed out and the sweeper has run, the settled state (DESIGN "settle"), that each call
 left to ring out was cancelled with its invitees missed, that GET room agrees with the
 database, and that no transaction is left open; then that every state change yielded exactly
-one business event: each room's events numbered without a gap, replaying them rebuilds every
-room's and row's final status, the healthy receiver got each exactly once, in order, with a
-verified signature, and the pull feed gives each exactly once.
+one business event: each room's events numbered without a gap, each event's type the one of
+the state it reports, one room.created, room.started (when it ran) and room.ended (when final)
+per room, no change reported twice, an event for every row state our requests committed, the
+sweeper's exact story for each call left to ring out, replaying them rebuilds every room's and
+row's final status, the healthy receiver got each exactly once, in order, with a verified
+signature, and the pull feed gives each exactly once. And a floor: a run that placed, answered
+or rang out nothing, or whose webhooks were all lost, fails (scaled by the requests it made).
 """
 
 from __future__ import annotations
@@ -298,6 +302,9 @@ class Simulation:
         self.pool = [f"{prefix}_u{i:02d}" for i in range(POOL_SIZE)]
         self.channels = [f"{prefix}_ch{i}" for i in range(CHANNELS)]
         self.row_sec: dict[tuple, int] = {}  # (room, uid) -> latest updated_at second seen
+        # Row states our own requests committed (their answers), each owed its event:
+        # ("row", room, uid, status, updated_at) and, for API joins, ("join", room, uid, join_time).
+        self.caused: set[tuple] = set()
         self.guard: dict[tuple, int] = {}  # (room, uid) -> createdAt of our latest presence event
         self.pending: Counter = Counter()  # room -> our webhooks delayed or held back
         # What the clients believe about who is in a call (uid -> (room, when seen)): users
@@ -332,13 +339,17 @@ class Simulation:
         """A uid nobody else ever uses: it has no row anywhere until this worker makes one."""
         return f"{self.prefix}_x{w:02d}_{next(self.strangers)}"
 
-    def observe(self, rows) -> None:
+    def observe(self, rows, committed: bool = True) -> None:
+        """Rows as an answer showed them; `committed`: the answer of a write, so each row's
+        state is in the database (a read may show a passed deadline not yet written)."""
         with self.lock:
             for row in rows:
                 key = (row["room_name"], row["uid"])
                 sec = updated_second(row["updated_at"])
                 if sec > self.row_sec.get(key, -1):
                     self.row_sec[key] = sec
+                if committed:
+                    self.caused.add(("row", *key, row["status"], row["updated_at"]))
 
     def observe_join(self, data: dict) -> None:
         key = (data["room_name"], data["uid"])
@@ -346,6 +357,7 @@ class Simulation:
         with self.lock:
             if sec > self.row_sec.get(key, -1):
                 self.row_sec[key] = sec
+            self.caused.add(("join", *key, int(data["join_time"])))
 
     def may_change_presence(self, room: str, uid: str) -> bool:
         with self.lock:
@@ -556,7 +568,7 @@ class Simulation:
                           as_uid=as_uid)
         if self.expect("list-participants", reply, {"ok"}) != "ok":
             return None
-        self.observe(reply.data)
+        self.observe(reply.data, committed=False)
         rows = {p["uid"]: p for p in reply.data}
         for p in reply.data:
             self.hint(p["uid"], room.name, p["status"] in LIVE)
@@ -1277,6 +1289,7 @@ def report(sim: Simulation, backend: str, timings: dict) -> str:
     section("final rows by status", "final rows")
     section("final rooms by status", "final rooms")
     section("business events", "events")
+    section("floors", "floors")
     for text in sim.notes[:5]:
         out.append(f"  note: {text}")
     out.append(f"  violations: {len(sim.violations)}")
@@ -1321,6 +1334,7 @@ def check_event_stream(sim: Simulation, service, receivers, like: str) -> None:
                           f"the database has {(want_status, want_rows)}")
     if set(by_room) != set(sim.rooms):
         sim.violation(f"rooms without events: {sorted(set(sim.rooms) - set(by_room))[:5]}")
+    check_one_event_per_change(sim, service, by_room, like)
     # Deliveries: the healthy receiver, once every due event has been sent.
     prefix = like.rstrip("%")
     ids = {e["id"] for events in by_room.values() for e in events}
@@ -1357,6 +1371,127 @@ def check_event_stream(sim: Simulation, service, receivers, like: str) -> None:
     if sorted(fed) != sorted(ids):
         sim.violation(f"the feed gave {len(fed)} events ({len(set(fed))} distinct), "
                       f"{len(ids)} stored")
+
+
+# The event type of a participant event, by the status it reports (3 by the remove endpoint
+# is `participant.removed`).
+PARTICIPANT_EVENT = {
+    RINGING: "participant.invited", JOINED: "participant.joined", REJECTED: "participant.rejected",
+    HUNG_UP: "participant.left", MISSED: "participant.missed", BUSY: "participant.busy",
+    CANCELLED: "participant.cancelled",
+}
+
+
+def check_one_event_per_change(sim: Simulation, service, by_room: dict, like: str) -> None:
+    """Exactly one event per state change, not only a replay that ends in the right place: each
+    event's type is the one of the state it reports; each room has one room.created (its first
+    event), one room.started when it ran and one room.ended when it is final; no change is
+    reported twice (two events alike but for id and seq); every row state our requests
+    committed has its event; a call left to ring out tells exactly the sweeper's story."""
+    rooms = {name: (status, started) for name, status, started in service.db.rows(
+        "SELECT room_name, status, started_at FROM call_room WHERE room_name LIKE ?", like)}
+    rows_seen: Counter = Counter()
+    joins_seen: Counter = Counter()
+    for room_name, events in by_room.items():
+        sim.count("invariant checks", "one event per change")
+        for e in events:
+            data = e["data"]
+            if not e["type"].startswith("participant."):
+                continue
+            removed = data["status"] == HUNG_UP and data.get("reason") == "removed"
+            want = "participant.removed" if removed else PARTICIPANT_EVENT.get(data["status"])
+            if e["type"] != want:
+                sim.violation(f"{room_name} #{e['seq']} is {e['type']} for status "
+                              f"{data['status']} ({data.get('reason')})")
+            rows_seen[(room_name, data["uid"], data["status"], data["updated_at"])] += 1
+            if data["status"] == JOINED:
+                joins_seen[(room_name, data["uid"], int(data["join_time"]))] += 1
+        status, started = rooms.get(room_name, (None, None))
+        kinds = Counter(e["type"] for e in events if e["type"].startswith("room."))
+        want = {"room.created": 1, "room.started": int(started is not None),
+                "room.ended": int(status in (ENDED, ROOM_CANCELLED))}
+        got = {kind: kinds[kind] for kind in want}
+        if got != want or events[0]["type"] != "room.created":
+            sim.violation(f"{room_name} (status {status}, started {started}): room events {got}, "
+                          f"want {want}, first {events[0]['type']}")
+        alike = Counter((e["type"], e["occurred_at"], json.dumps(e["data"], sort_keys=True))
+                        for e in events)
+        for (kind, at, data), n in alike.items():
+            if n > 1:
+                sim.violation(f"{room_name}: one change reported {n} times: {kind} at {at} {data}")
+    with sim.lock:
+        caused = sorted(sim.caused)
+    sim.count("events", "row states our requests committed", n=len(caused))
+    for key in caused:
+        seen = (rows_seen if key[0] == "row" else joins_seen)[key[1:]]
+        if seen == 0:
+            sim.violation(f"no event for a committed change: {key}")
+    for room in [r for r in sim.rooms.values() if r.plan == "ringout"]:
+        story = Counter((e["type"], e["data"].get("uid"), e["data"].get("reason"))
+                        for e in by_room.get(room.name, []) if e["type"].startswith("participant."))
+        want_story = Counter({("participant.joined", room.creator, None): 1,
+                              ("participant.left", room.creator, "no_answer"): 1,
+                              **{("participant.invited", u, None): 1 for u in room.invitees},
+                              **{("participant.missed", u, "timeout"): 1 for u in room.invitees}})
+        sim.count("invariant checks", "a call left to ring out tells the sweeper's story")
+        if story != want_story:
+            sim.violation(f"call {room.name} left to ring out told {dict(story)}, "
+                          f"not {dict(want_story)}")
+
+
+# The least a run must have done (a run that placed, answered or rang out nothing, or whose
+# webhooks all went missing, would pass every other check), at least one of each whatever the
+# load: calls placed per request the run made (a loaded machine makes fewer; the more steps a
+# call gets, the fewer are placed), answers and ring-outs per call placed.
+FLOORS = {
+    "calls placed": ("run requests", 0.02),
+    "invites answered": ("calls placed", 0.05),
+    "invites rung out by the deadline": ("calls placed", 0.05),
+}
+# Webhooks that apply when they arrive on time (a webhook-only disconnect, LiveKit closing a
+# live room); with this many made, at least one must have been applied (each is dropped,
+# delayed past a newer change or held back less than half the time).
+APPLICABLE_WEBHOOKS = 10
+# Calls left to the sweeper (12% of those placed): with this many placed, at least one.
+PLACED_FOR_A_RINGOUT = 100
+
+
+def floor_counts(sim: Simulation) -> dict[str, int]:
+    stats = sim.stats
+    with sim.lock:
+        placed = sum(v for k, v in stats.items() if k[:2] == ("calls", "placed"))
+        applied = sum(v for k, v in stats.items()
+                      if k[0] == "webhook outcomes" and k[2] == "applied")
+        applicable = (stats[("calls", "disconnect (webhook only)")]
+                      + stats[("calls", "room_finished from LiveKit")])
+        counts = {
+            "run requests": stats[("run requests",)],
+            "calls placed": placed,
+            "invites answered": stats[("calls", "answer ok")],
+            # Each of these is checked to have ended rung out, with the sweeper's events.
+            "calls left to the sweeper to ring out": sum(
+                1 for r in sim.rooms.values() if r.plan == "ringout"),
+            "applicable webhooks made": applicable,
+            "LiveKit webhooks applied": applied,
+        }
+    counts["invites rung out by the deadline"] = sim.service.db.rows(
+        "SELECT COUNT(*) FROM call_participant WHERE room_name LIKE ? AND status = 4 "
+        "AND reason = 'timeout'", sim.prefix + "%")[0][0]
+    return counts
+
+
+def check_floors(sim: Simulation) -> None:
+    counts = floor_counts(sim)
+    sim.count("floors", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    least = {name: max(1, int(per * counts[base])) for name, (base, per) in FLOORS.items()}
+    if counts["applicable webhooks made"] >= APPLICABLE_WEBHOOKS:
+        least["LiveKit webhooks applied"] = 1
+    if counts["calls placed"] >= PLACED_FOR_A_RINGOUT:
+        least["calls left to the sweeper to ring out"] = 1
+    for name, n in least.items():
+        if counts[name] < n:
+            sim.violation(f"the run did too little: {name} {counts[name]}, at least {n} "
+                          f"({counts})")
 
 
 def test_call_simulation(service, receivers, names):
@@ -1440,6 +1575,7 @@ def test_call_simulation(service, receivers, names):
     except AssertionError as err:
         sim.violation(str(err))
     check_event_stream(sim, service, receivers, like)
+    check_floors(sim)
     timings["total"] = time.monotonic() - started
     print(report(sim, service.backend, timings), flush=True)
 
