@@ -170,7 +170,8 @@ class LiveKitStub:
 
     def assert_no_unexpected_refusal(self) -> None:
         unexpected = [c for c in self.calls() if not c.accepted and not c.deliberate]
-        assert not unexpected, f"LiveKit refused the service's calls: {unexpected}"
+        assert not unexpected, (f"LiveKit refused {len(unexpected)} of the service's calls, "
+                                f"the first: {unexpected[:3]}")
 
     # -- the server ----------------------------------------------------------------------
 
