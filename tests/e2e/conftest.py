@@ -586,6 +586,8 @@ def livekit_server():
     stub = LiveKitStub(*local_livekit_pair()).start()
     yield stub
     stub.stop()
+    counts = {m: len(stub.calls(m)) for m in ("DeleteRoom", "RemoveParticipant", "ListRooms")}
+    print(f"\n[e2e] LiveKit RoomService calls: {counts}, refused: {len(stub.refused())}")
     stub.assert_no_unexpected_refusal()
 
 
