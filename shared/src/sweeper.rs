@@ -142,8 +142,10 @@ pub async fn replay_cache_forgets(app: &App) -> Result<usize, ApiError> {
 }
 
 pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
-    let mut report = SweepReport::default();
-    report.cache_forgets_replayed = replay_cache_forgets(app).await?;
+    let mut report = SweepReport {
+        cache_forgets_replayed: replay_cache_forgets(app).await?,
+        ..SweepReport::default()
+    };
     (report.deadlines_applied, report.rooms_closed) = write_down_deadlines(app, now).await?;
 
     if app.livekit.has_server() {
