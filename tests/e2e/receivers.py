@@ -1,6 +1,7 @@
 """Webhook receivers on loopback for the business-event suites: each verifies every request
 with the `standardwebhooks` package (a Standard Webhooks implementation we did not write),
-records what arrived and answers as a test tells it to."""
+records every arrival (failed attempts, retries and refused signatures too, each with whether
+it verified) and answers as a test tells it to (400 to a signature that does not verify)."""
 
 from __future__ import annotations
 
@@ -78,8 +79,13 @@ class Receiver:
             event = self._verifier.verify(raw, headers)
             verified = True
         except WebhookVerificationError:
-            event = json.loads(raw or b"{}")
             verified = False
+            try:
+                event = json.loads(raw or b"{}")
+            except ValueError:
+                event = {}
+            if not isinstance(event, dict):
+                event = {}
         rule = None
         with self._lock:
             for prefix, candidate in self._rules.items():
@@ -104,6 +110,14 @@ class Receiver:
     def arrivals(self, room_prefix: str = "") -> list[Arrival]:
         with self._lock:
             return [a for a in self._arrivals if a.room_name.startswith(room_prefix)]
+
+    def assert_all_verified(self, room_prefix: str) -> None:
+        """Every request for those rooms that arrived, whatever was answered (failed attempts
+        and the sweeper's retries included), carried a valid signature over its exact body."""
+        arrived = self.arrivals(room_prefix)
+        assert arrived, f"nothing arrived for {room_prefix}"
+        bad = [(a.id, a.seq, a.type, a.status) for a in arrived if not a.verified]
+        assert not bad, f"{len(bad)} of {len(arrived)} arrivals failed verification: {bad}"
 
     def accepted(self, room_prefix: str = "") -> list[Arrival]:
         return [a for a in self.arrivals(room_prefix) if 200 <= a.status < 300]
