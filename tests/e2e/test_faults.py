@@ -155,7 +155,7 @@ class Client:
             self.read(room)
             time.sleep(self.rng.uniform(0.1, 0.4))
 
-    def place_call(self, n: int) -> None:
+    def place_call(self, n: int) -> str:
         room = f"f{self.index}_{n}_{self.tag}"
         caller, callee = f"fa{self.index}_{self.tag}", f"fb{self.index}_{self.tag}"
         created = self.send("create", "POST", "/api/rooms", {
@@ -167,7 +167,7 @@ class Client:
             # A create retried after a 503 whose first try committed finds its room; any other
             # refusal leaves nothing to do with this name.
             if self.db.room_status(room) is None:
-                return
+                return room
         self.truth(room)
         self.talk(room, self.rng.uniform(0.5, 2.0))  # ringing: the copy is cached meanwhile
         if self.rng.random() < 0.7:
@@ -196,12 +196,18 @@ class Client:
         self.talk(room, self.rng.uniform(0.5, 2.0))  # reads after the change
         with self.log.lock:
             self.log.calls_finished += 1
+        return room
 
     def run(self) -> None:
         n = 0
+        finished: list[str] = []
         while time.monotonic() - self.t0 < NEW_CALLS_UNTIL:
             n += 1
-            self.place_call(n)
+            finished.append(self.place_call(n))
+            # Calls looked up again later, as a history screen does: a copy cached before an
+            # outage must not show a call that ended during it as still going.
+            for room in self.rng.sample(finished, min(3, len(finished))):
+                self.read(room)
 
 
 @pytest.fixture(scope="module")
