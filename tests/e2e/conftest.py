@@ -193,7 +193,9 @@ class Database:
 
     def open_transactions(self) -> list[tuple]:
         """MariaDB: the service's transactions (on its database) open right now, with how long
-        their connection has been idle. SQLite has no such view: see `assert_unlocked`."""
+        their connection has been idle. SQLite has no such view (`[]`): `assert_unlocked`'s
+        write lock covers every transaction left open after a write, but not one that only
+        read."""
         if self.backend != "mariadb":
             return []
         return self.rows(
@@ -568,6 +570,20 @@ def wait_healthy(proc: subprocess.Popen, port: int, log_path: Path, started: flo
         time.sleep(1.0)
 
 
+def warm_every_function(port: int) -> None:
+    """One request to every route of the router (Cargo.toml), without a token: `cargo lambda
+    watch` starts a function's process on its first invocation, which on a loaded machine can
+    take seconds, and no scenario's timing (a ring deadline, a client timeout) should pay it."""
+    import tomllib
+
+    router = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["metadata"][
+        "lambda"]["watch"]["router"]
+    for route, targets in router.items():
+        path = re.sub(r"\{[^}]+\}", "warm", route)
+        for target in targets:
+            http_request("127.0.0.1", port, target["method"], path, timeout=REQUEST_TIMEOUT_S)
+
+
 @pytest.fixture(scope="session")
 def receivers():
     """The business-event receivers every job delivers to (both backends share them; each
@@ -619,6 +635,7 @@ def service(request, receivers, livekit_server):
             livekit_api_secret=api_secret,
         )
         svc.extra["first_health"] = health
+        warm_every_function(port)
         yield svc
     finally:
         stop_tree(proc)

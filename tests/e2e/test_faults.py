@@ -43,6 +43,7 @@ from conftest import (
     start_job,
     stop_tree,
     wait_healthy,
+    warm_every_function,
 )
 from relay import REFUSE, STALL, Relay
 
@@ -223,6 +224,7 @@ def fault_job():
     )
     try:
         wait_healthy(proc, port, log_path, started)
+        warm_every_function(port)
         yield port, db, redis_relay, db_relay, log_path
     finally:
         stop_tree(proc)
