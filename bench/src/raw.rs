@@ -595,6 +595,6 @@ pub(crate) mod tests {
             &cache,
             "format!(\"{KEY_PREFIX}rl:{bucket}:{uid}:{window}\")"
         ));
-        assert!(has(&cache, ".incr(&key, 1u64) .expire(&key, 61)"));
+        assert!(has(&cache, ".incr(key, 1u64) .expire(key, 61)"));
     }
 }
