@@ -58,7 +58,7 @@ DB_CUT_AT, DB_CUT_FOR = 18.0, 5.0
 NEW_CALLS_UNTIL = 27.0
 # The README's bound: after Redis answers again, a cached copy older than the last commit is
 # gone within a sweep or two (every second) plus the replay itself; 3.3 s was seen on a loaded
-# machine, where the sweeper's first pass after the outage still timed out on Redis.
+# machine.
 CACHE_STALE_BOUND_S = 5.0
 # A 503 may still come this long after the database is back (a request that began meanwhile).
 DB_RECOVERY_SLACK_S = 3.0
