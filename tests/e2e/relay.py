@@ -123,12 +123,13 @@ class Relay:
                 return
 
     @staticmethod
-    def _abort(sock: Optional[socket.socket]) -> None:
+    def _abort(sock: Optional[socket.socket], reset: bool = True) -> None:
         if sock is None:
             return
         try:
             # RST rather than FIN: the client sees a reset connection, as with a dead server.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
         try:
@@ -146,7 +147,4 @@ class Relay:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                self._abort(sock, reset=False)

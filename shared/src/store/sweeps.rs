@@ -166,16 +166,18 @@ impl Store {
     /// Redis dropped these copies: delete each row unless another commit missed its room
     /// since it was read (then the row stays for the next sweep).
     pub async fn cache_forgets_paid(&self, paid: &[(String, i32)]) -> Result<(), ApiError> {
-        for (room_name, misses) in paid {
-            self.with_conn(async |conn: &mut DbConnection| {
+        // One kept connection for the batch, not one acquisition per row.
+        self.with_conn(async |conn: &mut DbConnection| {
+            for (room_name, misses) in paid {
                 sqlx::query("DELETE FROM cache_invalidation WHERE room_name = ? AND misses = ?")
                     .bind(room_name)
                     .bind(misses)
-                    .execute(conn)
-                    .await
-            })
-            .await?;
-        }
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        })
+        .await?;
         Ok(())
     }
 
