@@ -3,7 +3,12 @@
 
 - the workspace members under functions/ (one crate, one binary, one Lambda function),
 - the local router in Cargo.toml ([workspace.metadata.lambda.watch.router]),
-- template.yaml (the SAM functions, their HttpApi routes, schedule and custom resource).
+- template.yaml (the SAM functions, their HttpApi routes, schedule and custom resource),
+
+and that the functions' reserved concurrency fits the database connection budget: for every
+ConnectionBudget the template allows, the sum over functions of reserved concurrency times
+connections per instance (Metadata DatabaseConnections) is at most that budget, and every
+function that connects has its share.
 
     python scripts/check_deploy_config.py [ROOT]
 
@@ -165,7 +170,51 @@ def check(root: Path) -> tuple[list[str], dict[str, int]]:
         problems.append(
             f"template.yaml {binaries[name]} has no route, schedule or custom resource: nothing invokes it"
         )
+    problems += check_connection_budget(template)
     return problems, {"functions": len(binaries), "routes": len(template_routes)}
+
+
+def check_connection_budget(template: dict) -> list[str]:
+    """Every budget the template allows is enough for every function's reserved instances."""
+    problems: list[str] = []
+    budgets = template.get("Parameters", {}).get("ConnectionBudget", {}).get("AllowedValues")
+    table = template.get("Mappings", {}).get("ReservedConcurrency", {})
+    if not budgets:
+        return ["template.yaml: no ConnectionBudget parameter with AllowedValues"]
+    functions = {
+        k: v for k, v in template.get("Resources", {}).items() if v.get("Type") == SAM_FUNCTION
+    }
+    used = {str(b): 0 for b in budgets}
+    for logical_id, resource in functions.items():
+        where = f"template.yaml {logical_id}"
+        connections = resource.get("Metadata", {}).get("DatabaseConnections")
+        if not isinstance(connections, int) or connections < 0:
+            problems.append(f"{where}: Metadata DatabaseConnections must say how many connections one instance holds")
+            continue
+        reserved = resource.get("Properties", {}).get("ReservedConcurrentExecutions")
+        if connections == 0:
+            continue
+        key = logical_id.removesuffix("Function")
+        expected = {"Fn::FindInMap": ["ReservedConcurrency", {"Ref": "ConnectionBudget"}, key]}
+        if reserved != expected:
+            problems.append(
+                f"{where}: holds database connections, so its ReservedConcurrentExecutions must be "
+                f"!FindInMap [ReservedConcurrency, !Ref ConnectionBudget, {key}]"
+            )
+            continue
+        for budget in used:
+            instances = table.get(budget, {}).get(key)
+            if not isinstance(instances, int) or instances < 1:
+                problems.append(f"template.yaml Mappings ReservedConcurrency {budget}: no {key} (at least 1)")
+                continue
+            used[budget] += instances * connections
+    for budget, total in used.items():
+        if total > int(budget):
+            problems.append(
+                f"template.yaml: ConnectionBudget {budget} is exceeded: the reserved instances hold "
+                f"up to {total} connections"
+            )
+    return problems
 
 
 def _has_log_group(resources: dict, logical_id: str, binary: str) -> bool:

@@ -37,7 +37,7 @@ impl App {
     }
 
     pub fn new(config: Config) -> Result<App, ConfigError> {
-        let store = Store::connect_lazy(&config.database_url)?;
+        let store = Store::connect_lazy_with_idle(&config.database_url, config.db_idle)?;
         App::with_store(config, store)
     }
 

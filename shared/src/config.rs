@@ -38,6 +38,9 @@ impl std::fmt::Debug for Secrets {
 pub struct Config {
     pub local: bool,
     pub database_url: String,
+    /// How long a database connection may sit unused before the server closes it
+    /// (DB_IDLE_SECONDS; README "Database connections").
+    pub db_idle: Duration,
     pub redis_url: Option<String>,
     pub livekit_url: Option<String>,
     pub livekit_client_url: String,
@@ -194,6 +197,13 @@ impl Config {
 
         let database_url = required("DATABASE_URL", secrets.database_url, LOCAL_DATABASE_URL)?;
         check_database_url(&database_url)?;
+        let db_idle = number("DB_IDLE_SECONDS", crate::store::DEFAULT_IDLE.as_secs())?;
+        if !(3..=3600).contains(&db_idle) {
+            return Err(ConfigError::Malformed {
+                name: "DB_IDLE_SECONDS",
+                reason: "must be between 3 and 3600".into(),
+            });
+        }
         let livekit_url = get("LIVEKIT_URL");
         let livekit_client_url = get("LIVEKIT_CLIENT_URL")
             .or_else(|| livekit_url.clone())
@@ -271,6 +281,7 @@ impl Config {
         Ok(Config {
             local,
             database_url,
+            db_idle: Duration::from_secs(db_idle),
             redis_url: secrets.redis_url.or_else(|| get("REDIS_URL")),
             livekit_url,
             livekit_client_url,

@@ -58,10 +58,11 @@ mod driver {
 
     /// No connection to be had: too many connections (1040), too many for this user (1226),
     /// shutting down (1053), the connection killed (MariaDB 1927) or closed after its idle
-    /// time (MySQL 8: 4031).
+    /// time (MySQL 8: 4031); or a statement stopped at its time limit (MariaDB 1969, MySQL
+    /// 3024: `crate::store::STATEMENT_TIMEOUT`).
     pub fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
         db.try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1226 | 1927 | 4031))
+            .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1226 | 1927 | 1969 | 3024 | 4031))
     }
 
     /// Which unique key a duplicate-entry error names.

@@ -2,7 +2,7 @@
 //! `ApiError` into status, envelope, error key and a log line.
 
 use std::future::Future;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lambda_http::{Body, Error, Request, RequestExt, Response};
 use percent_encoding::percent_decode_str;
@@ -66,6 +66,11 @@ pub fn bare(status: u16, body: Value) -> Success {
     Success::Bare { status, body }
 }
 
+/// How long a request may take before it answers 503 with Retry-After: at least 2 s inside the
+/// API functions' Timeout in template.yaml (a test reads both), so a slow database shows as a
+/// refusal to retry rather than as a Lambda timeout that API Gateway turns into a bare 503.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(8);
+
 /// Runs a handler body inside a span with the function's name, then shapes and logs the reply.
 pub async fn respond<F>(
     function: &'static str,
@@ -88,7 +93,16 @@ where
         room_name = tracing::field::Empty,
         uid = tracing::field::Empty,
     );
-    let outcome = work.instrument(span.clone()).await;
+    let outcome = match tokio::time::timeout(REQUEST_DEADLINE, work.instrument(span.clone())).await
+    {
+        Ok(outcome) => outcome,
+        // Every database wait is bounded well inside this (crate::store::LOCK_WAIT and the
+        // rest); this is the guarantee that the caller hears back before the function dies.
+        Err(_) => Err(ApiError::ServiceUnavailable(format!(
+            "the request did not finish within {} s",
+            REQUEST_DEADLINE.as_secs()
+        ))),
+    };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _entered = span.enter();
     let (status, body, retry_after) = match outcome.and_then(|success| render(success, lang)) {

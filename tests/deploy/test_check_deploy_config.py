@@ -130,3 +130,37 @@ def test_the_command_exits_non_zero_and_names_the_drift(copy: Path):
     assert "HealthFunction builds health, which is no crate under functions/" in run.stderr
     ok = subprocess.run([sys.executable, str(SCRIPT), str(ROOT)], capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_every_connection_budget_holds_its_reserved_instances():
+    template = check_deploy_config.load_template(ROOT / "template.yaml")
+    assert check_deploy_config.check_connection_budget(template) == []
+    budgets = template["Parameters"]["ConnectionBudget"]["AllowedValues"]
+    assert budgets == sorted(budgets, key=int) and len(budgets) >= 3
+
+
+def test_a_budget_exceeded_by_reserved_concurrency_fails(copy: Path):
+    # Two more join-room instances than the smallest budget has room for.
+    template = copy / "template.yaml"
+    text = template.read_text(encoding="utf-8")
+    first = text.index('    "40":')
+    at = text.index("      JoinRoom: ", first)
+    end = text.index("\n", at)
+    instances = int(text[at:end].split(":")[1])
+    template.write_text(text[:at] + f"      JoinRoom: {instances + 2}" + text[end:], encoding="utf-8")
+    assert any("ConnectionBudget 40 is exceeded" in p for p in problems(copy))
+
+
+def test_a_function_that_connects_without_reserved_concurrency_fails(copy: Path):
+    edit(
+        copy / "template.yaml",
+        "      ReservedConcurrentExecutions: !FindInMap [ReservedConcurrency, !Ref ConnectionBudget, UserCalls]\n",
+        "",
+    )
+    assert any("UserCallsFunction: holds database connections" in p for p in problems(copy))
+
+
+def test_a_function_that_does_not_say_its_connections_fails(copy: Path):
+    edit(copy / "template.yaml", "      DatabaseConnections: 0\n", "")
+    assert any("ApiDocsFunction: Metadata DatabaseConnections" in p for p in problems(copy))
+

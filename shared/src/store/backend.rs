@@ -3,7 +3,10 @@
 
 #[cfg(not(feature = "embedded"))]
 mod mysql {
-    use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+    use std::time::Duration;
+
+    use sqlx::AssertSqlSafe;
+    use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions};
 
     pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/mysql");
     /// Row locks for the read that starts a call transaction.
@@ -36,7 +39,7 @@ mod mysql {
     pub const ENDPOINT_FAILED: &str = "INSERT INTO event_endpoint (endpoint, failures, updated_at) \
          VALUES (?, 1, ?) ON DUPLICATE KEY UPDATE failures = failures + 1, updated_at = ?";
 
-    pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
+    pub fn pool(url: &str, idle: Duration) -> Result<crate::store::DbPool, sqlx::Error> {
         let options: MySqlConnectOptions = url.parse()?;
         // One Lambda serves one request at a time: a small pool, connected on first use.
         // No COM_PING before every acquire (a round trip per query); a connection that died
@@ -45,9 +48,57 @@ mod mysql {
             .max_connections(2)
             .min_connections(0)
             .acquire_timeout(crate::store::ACQUIRE_TIMEOUT)
-            .idle_timeout(crate::store::IDLE_TIMEOUT)
+            .idle_timeout(idle)
             .test_before_acquire(false)
+            .after_connect(move |conn, _| Box::pin(session_limits(conn, idle)))
             .connect_lazy_with(options))
+    }
+
+    /// Bounds every wait of this session (see [`crate::store::LOCK_WAIT`]) and has the server
+    /// close it after `idle` unused: the one way a frozen function's connection goes back.
+    async fn session_limits(conn: &mut MySqlConnection, idle: Duration) -> Result<(), sqlx::Error> {
+        use crate::store::{LOCK_WAIT, STATEMENT_TIMEOUT};
+        let lock_wait = LOCK_WAIT.as_secs().max(1);
+        let set = format!(
+            "SET SESSION innodb_lock_wait_timeout = {lock_wait}, lock_wait_timeout = {lock_wait}, \
+             wait_timeout = {}",
+            idle.as_secs().max(1)
+        );
+        sqlx::raw_sql(AssertSqlSafe(set))
+            .execute(&mut *conn)
+            .await?;
+        // The statement limit is named differently by the two servers: MariaDB's
+        // max_statement_time (seconds, every statement), MySQL 8's max_execution_time
+        // (milliseconds, SELECT only; InnoDB's lock wait bounds its writes).
+        let mariadb = format!(
+            "SET SESSION max_statement_time = {}", // mysql-compat: allowed (MariaDB only, falls back below)
+            STATEMENT_TIMEOUT.as_secs_f64()
+        );
+        match sqlx::raw_sql(AssertSqlSafe(mariadb))
+            .execute(&mut *conn)
+            .await
+        {
+            Err(err) if unknown_variable(&err) => {
+                let mysql = format!(
+                    "SET SESSION max_execution_time = {}",
+                    STATEMENT_TIMEOUT.as_millis()
+                );
+                sqlx::raw_sql(AssertSqlSafe(mysql))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(())
+    }
+
+    /// ER_UNKNOWN_SYSTEM_VARIABLE (1193).
+    fn unknown_variable(err: &sqlx::Error) -> bool {
+        err.as_database_error()
+            .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+            .is_some_and(|db| db.number() == 1193)
     }
 
     pub const INSERT_TEARDOWN: &str =
@@ -116,23 +167,22 @@ mod sqlite {
          VALUES (?, 1, ?) ON CONFLICT (endpoint) DO UPDATE SET failures = failures + 1, \
          updated_at = ?";
 
-    /// One writer at a time is SQLite's nature: a transaction waits this long for the write
-    /// lock (held for milliseconds by each call transaction) before it gives up.
-    const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-    pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
+    pub fn pool(url: &str, idle: Duration) -> Result<crate::store::DbPool, sqlx::Error> {
         let options: SqliteConnectOptions = url.parse()?;
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(BUSY_TIMEOUT)
+            // One writer at a time is SQLite's nature: a transaction waits as long for the
+            // write lock (held for milliseconds by each call transaction) as InnoDB would for
+            // a row lock, then gives up (503).
+            .busy_timeout(crate::store::LOCK_WAIT)
             .foreign_keys(true);
         // Two connections, as on MySQL: the one the store keeps between requests and one for a
         // concurrent caller in the same process, so neither waits for the other's slot.
         Ok(SqlitePoolOptions::new()
             .max_connections(2)
             .acquire_timeout(crate::store::ACQUIRE_TIMEOUT)
-            .idle_timeout(crate::store::IDLE_TIMEOUT)
+            .idle_timeout(idle)
             .test_before_acquire(false)
             .connect_lazy_with(options))
     }

@@ -48,12 +48,31 @@ pub use outbox::{
 
 use backend::{for_update, live_row_of};
 
-// Short enough that an outage answers 503 well inside the function timeout.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+// Every wait on the database is bounded, and together they end well before the function
+// does (`crate::http::REQUEST_DEADLINE`, checked against template.yaml by a test): a
+// request answers 503 with Retry-After instead of dying as a Lambda timeout.
+
+/// Waiting for a connection, connecting included.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A statement's wait for a row lock (InnoDB's innodb_lock_wait_timeout, 50 s by default;
+/// SQLite's busy timeout). Whole seconds: that is what InnoDB takes.
+pub const LOCK_WAIT: Duration = Duration::from_secs(3);
+/// The longest one statement may run (MariaDB max_statement_time, MySQL
+/// max_execution_time), lock waits included.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A transaction is tried again only while its first attempt began less than this long ago:
+/// a deadlock costs milliseconds and is worth it; a lock-wait timeout means a row is held for
+/// seconds, and the caller is better told to come back (503, Retry-After).
+pub const RETRY_WINDOW: Duration = Duration::from_secs(1);
 /// Attempts of one transaction on deadlocks, lock-wait timeouts and live-row races.
 pub const MAX_ATTEMPTS: u32 = 4;
-/// Connections idle longer than this are reopened rather than trusted.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a connection may sit unused before the server closes it (`wait_timeout`), unless
+/// DB_IDLE_SECONDS says otherwise. A frozen Lambda instance runs no code, so only the server
+/// can give its connection back; see README "Database connections".
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+/// The client reopens a connection this long before the server would close it, so a
+/// request never meets one the server has already closed.
+const IDLE_MARGIN: Duration = Duration::from_secs(2);
 /// How long closing a connection that cannot be reused may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -109,12 +128,14 @@ impl TxError {
 }
 
 /// Run one transaction attempt again on deadlocks, lock-wait timeouts and live-row races,
-/// after a short growing pause; a broken connection is worth exactly one more attempt.
+/// after a short growing pause, while the first attempt is under RETRY_WINDOW old; a broken
+/// connection is worth exactly one more attempt.
 async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, TxError>>,
 {
+    let started = Instant::now();
     let mut tries = 0;
     loop {
         tries += 1;
@@ -122,6 +143,7 @@ where
             Ok(value) => return Ok(value),
             Err(err)
                 if tries < MAX_ATTEMPTS
+                    && started.elapsed() < RETRY_WINDOW
                     && (err.is_retryable() || (tries == 1 && err.is_broken_connection())) =>
             {
                 tracing::warn!(attempt = tries, error = ?err, "retrying transaction");
@@ -271,12 +293,46 @@ async fn close(conn: PoolConnection<Db>) {
     }
 }
 
+/// A connection lent to one piece of work. When that work is abandoned midway (the request
+/// ran out of time: `crate::http::REQUEST_DEADLINE`), the connection may be inside a
+/// transaction or halfway through reading a reply: it is dropped from the pool and its socket
+/// closed, so the server rolls the transaction back and releases its locks, and nothing
+/// reuses it.
+struct CloseIfAbandoned(Option<PoolConnection<Db>>);
+
+impl CloseIfAbandoned {
+    async fn run<T, E>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut DbConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        match self.0.as_mut() {
+            Some(conn) => work(conn).await,
+            None => Err(sqlx::Error::PoolClosed.into()),
+        }
+    }
+}
+
+impl Drop for CloseIfAbandoned {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            tracing::warn!("a request was abandoned mid-statement; closing its connection");
+            drop(conn.detach());
+        }
+    }
+}
+
 /// The connection kept from one request to the next, and when it was last used.
 type PinnedSlot = tokio::sync::Mutex<Option<(PoolConnection<Db>, Instant)>>;
 
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
+    /// The kept connection is trusted only when it was last used less than this long ago;
+    /// after that the server may have closed it (its wait_timeout).
+    reuse_within: Duration,
     pinned: Arc<PinnedSlot>,
     /// Whether final rooms are queued for a LiveKit DeleteRoom (only when LiveKit is configured).
     teardown: bool,
@@ -332,16 +388,25 @@ const LOCK_CALL: &str = call_query!(for_update!());
 impl Store {
     /// Builds the pool without connecting: the first request connects.
     pub fn connect_lazy(url: &str) -> Result<Self, ConfigError> {
-        let pool = backend::pool(url).map_err(|e| ConfigError::Malformed {
+        Self::connect_lazy_with_idle(url, DEFAULT_IDLE)
+    }
+
+    /// [`Store::connect_lazy`], with the server closing a connection unused for `idle`.
+    pub fn connect_lazy_with_idle(url: &str, idle: Duration) -> Result<Self, ConfigError> {
+        let pool = backend::pool(url, idle).map_err(|e| ConfigError::Malformed {
             name: "DATABASE_URL",
             reason: e.to_string(),
         })?;
-        Ok(Store::from_pool(pool))
+        Ok(Store {
+            reuse_within: idle.saturating_sub(IDLE_MARGIN).max(Duration::from_secs(1)),
+            ..Store::from_pool(pool)
+        })
     }
 
     pub fn from_pool(pool: DbPool) -> Self {
         Store {
             pool,
+            reuse_within: DEFAULT_IDLE - IDLE_MARGIN,
             pinned: Arc::default(),
             teardown: false,
             outbox: Arc::default(),
@@ -413,7 +478,7 @@ impl Store {
     /// fall back to the pool, so races still meet in the database.
     ///
     /// Either way the connection is handed on only when it is clean (see [`hand_back`]); one
-    /// that failed with an I/O or protocol error, sat idle past IDLE_TIMEOUT (the function may
+    /// that failed with an I/O or protocol error, sat idle past `reuse_within` (the function may
     /// have been frozen), or cannot be brought out of a transaction is closed instead.
     async fn with_conn<T, E>(
         &self,
@@ -423,13 +488,15 @@ impl Store {
         E: From<sqlx::Error> + ConnectionFailure,
     {
         let Ok(mut slot) = self.pinned.try_lock() else {
-            let mut conn = self.pool.acquire().await?;
-            let result = work(&mut conn).await;
-            hand_back(conn, result_breaks(&result)).await;
+            let mut conn = CloseIfAbandoned(Some(self.pool.acquire().await?));
+            let result = conn.run(work).await;
+            if let Some(conn) = conn.0.take() {
+                hand_back(conn, result_breaks(&result)).await;
+            }
             return result;
         };
-        let mut conn = match slot.take() {
-            Some((conn, used)) if used.elapsed() < IDLE_TIMEOUT => conn,
+        let conn = match slot.take() {
+            Some((conn, used)) if used.elapsed() < self.reuse_within => conn,
             stale => {
                 if let Some((conn, _)) = stale {
                     close(conn).await;
@@ -437,8 +504,11 @@ impl Store {
                 self.pool.acquire().await?
             }
         };
-        let result = work(&mut conn).await;
-        if let Some(conn) = hand_back(conn, result_breaks(&result)).await {
+        let mut conn = CloseIfAbandoned(Some(conn));
+        let result = conn.run(work).await;
+        if let Some(conn) = conn.0.take()
+            && let Some(conn) = hand_back(conn, result_breaks(&result)).await
+        {
             *slot = Some((conn, Instant::now()));
         }
         result
