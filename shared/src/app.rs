@@ -37,7 +37,8 @@ impl App {
     }
 
     pub fn new(config: Config) -> Result<App, ConfigError> {
-        let store = Store::connect_lazy_with_idle(&config.database_url, config.db_idle)?;
+        let store =
+            Store::connect_lazy_with(&config.database_url, config.db_idle, config.db_lifetime)?;
         App::with_store(config, store)
     }
 

@@ -41,6 +41,9 @@ pub struct Config {
     /// How long a database connection may sit unused before the server closes it
     /// (DB_IDLE_SECONDS; README "Database connections").
     pub db_idle: Duration,
+    /// How long a function keeps one database connection before it opens another
+    /// (DB_CONNECTION_LIFETIME_SECONDS).
+    pub db_lifetime: Duration,
     pub redis_url: Option<String>,
     pub livekit_url: Option<String>,
     pub livekit_client_url: String,
@@ -204,6 +207,16 @@ impl Config {
                 reason: "must be between 3 and 3600".into(),
             });
         }
+        let db_lifetime = number(
+            "DB_CONNECTION_LIFETIME_SECONDS",
+            crate::store::DEFAULT_LIFETIME.as_secs(),
+        )?;
+        if !(1..=86_400).contains(&db_lifetime) {
+            return Err(ConfigError::Malformed {
+                name: "DB_CONNECTION_LIFETIME_SECONDS",
+                reason: "must be between 1 and 86400".into(),
+            });
+        }
         let livekit_url = get("LIVEKIT_URL");
         let livekit_client_url = get("LIVEKIT_CLIENT_URL")
             .or_else(|| livekit_url.clone())
@@ -282,6 +295,7 @@ impl Config {
             local,
             database_url,
             db_idle: Duration::from_secs(db_idle),
+            db_lifetime: Duration::from_secs(db_lifetime),
             redis_url: secrets.redis_url.or_else(|| get("REDIS_URL")),
             livekit_url,
             livekit_client_url,

@@ -35,6 +35,13 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
     ) || err.as_database_error().is_some_and(driver::is_unavailable)
 }
 
+/// The server refused a new connection for lack of room (too many connections, or too many
+/// for this user): one may free up in a moment.
+pub fn is_out_of_connections(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(driver::is_out_of_connections)
+}
+
 /// Deadlocks, lock-wait timeouts and busy databases: the same transaction may succeed again.
 pub fn is_retryable(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(driver::is_retryable)
@@ -63,6 +70,12 @@ mod driver {
     pub fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
         db.try_downcast_ref::<MySqlDatabaseError>()
             .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1226 | 1927 | 1969 | 3024 | 4031))
+    }
+
+    /// Too many connections (1040), too many for this user (1226).
+    pub fn is_out_of_connections(db: &dyn sqlx::error::DatabaseError) -> bool {
+        db.try_downcast_ref::<MySqlDatabaseError>()
+            .is_some_and(|e| matches!(e.number(), 1040 | 1226))
     }
 
     /// Which unique key a duplicate-entry error names.
@@ -97,6 +110,11 @@ mod driver {
         db.code()
             .and_then(|code| code.parse::<i32>().ok())
             .is_some_and(|code| matches!(code & 0xff, 10 | 13 | 14))
+    }
+
+    /// A file has no connection limit.
+    pub fn is_out_of_connections(_db: &dyn sqlx::error::DatabaseError) -> bool {
+        false
     }
 
     pub fn unique_key(message: &str) -> Option<UniqueKey> {

@@ -239,6 +239,54 @@ mod tests {
 
     const PATTERN: &str = "/api/rooms/{room_name}/participants/{uid}/status";
 
+    /// The API functions' Timeout in template.yaml: the Globals one, which no function with
+    /// an HttpApi route may override.
+    fn api_function_timeout() -> Duration {
+        let template = include_str!("../../template.yaml");
+        let globals = template
+            .split_once("\nGlobals:\n  Function:\n")
+            .expect("template.yaml has Globals: Function:")
+            .1;
+        let seconds = globals
+            .lines()
+            .take_while(|line| line.is_empty() || line.starts_with("    "))
+            .find_map(|line| line.strip_prefix("    Timeout: "))
+            .expect("Globals: Function: Timeout")
+            .trim()
+            .parse::<u64>()
+            .expect("a whole number of seconds");
+        let resources = template.split_once("\nResources:\n").expect("Resources").1;
+        for block in resources
+            .split("\n  ")
+            .filter(|b| b.contains("Type: HttpApi\n"))
+        {
+            let name = block.lines().next().unwrap_or_default();
+            let own = block.lines().find(|l| l.starts_with("      Timeout: "));
+            assert_eq!(own, None, "{name} overrides the API functions' Timeout");
+        }
+        Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn a_request_answers_at_least_two_seconds_before_the_function_times_out() {
+        let timeout = api_function_timeout();
+        assert!(
+            REQUEST_DEADLINE + Duration::from_secs(2) <= timeout,
+            "REQUEST_DEADLINE {REQUEST_DEADLINE:?} is not 2 s inside the template's {timeout:?}"
+        );
+    }
+
+    #[test]
+    fn one_attempt_of_every_database_wait_fits_the_request_deadline() {
+        use crate::store::{ACQUIRE_TIMEOUT, LOCK_WAIT, RETRY_WINDOW, STATEMENT_TIMEOUT};
+        // A lock wait ends the statement before the statement limit would.
+        assert!(LOCK_WAIT < STATEMENT_TIMEOUT);
+        // Connecting, then a last attempt begun just inside the retry window that runs
+        // into the statement limit: the answer still comes from the database's own refusal.
+        assert!(ACQUIRE_TIMEOUT + STATEMENT_TIMEOUT <= REQUEST_DEADLINE);
+        assert!(ACQUIRE_TIMEOUT + RETRY_WINDOW + LOCK_WAIT <= REQUEST_DEADLINE);
+    }
+
     fn request(path: &str) -> Request {
         http::Request::builder()
             .uri(path)

@@ -21,7 +21,8 @@ use crate::model::{
 use crate::rules::{self, Action, CallState};
 
 pub use crate::database::{
-    Db, TEST_URL_EXAMPLE, URL_SCHEMES, UniqueKey, is_retryable, is_unavailable, unique_violation,
+    Db, TEST_URL_EXAMPLE, URL_SCHEMES, UniqueKey, is_out_of_connections, is_retryable,
+    is_unavailable, unique_violation,
 };
 pub use backend::MIGRATOR;
 
@@ -73,6 +74,13 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 /// The client reopens a connection this long before the server would close it, so a
 /// request never meets one the server has already closed.
 const IDLE_MARGIN: Duration = Duration::from_secs(2);
+/// A kept connection is closed and opened again after this long in use, unless
+/// DB_CONNECTION_LIFETIME_SECONDS says otherwise: when more instances want a connection than
+/// the database allows, the ones that hold one give it up in turn, so none starves.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(120);
+/// Between two tries for a connection the server refused for lack of room (1040, 1226),
+/// within ACQUIRE_TIMEOUT: a moment later another instance may have given one back.
+const FULL_PAUSE_MS: std::ops::Range<u64> = 50..150;
 /// How long closing a connection that cannot be reused may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -324,8 +332,25 @@ impl Drop for CloseIfAbandoned {
     }
 }
 
-/// The connection kept from one request to the next, and when it was last used.
-type PinnedSlot = tokio::sync::Mutex<Option<(PoolConnection<Db>, Instant)>>;
+/// The connection kept from one request to the next.
+struct Kept {
+    conn: PoolConnection<Db>,
+    /// When it last finished a piece of work.
+    used: Instant,
+    /// When this store first took it.
+    opened: Instant,
+}
+
+type PinnedSlot = tokio::sync::Mutex<Option<Kept>>;
+
+/// A number in `range`, from the system's randomness (the range's start if there is none).
+fn random_in(range: std::ops::Range<u64>) -> u64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() || range.is_empty() {
+        return range.start;
+    }
+    range.start + u64::from_le_bytes(bytes) % (range.end - range.start)
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -333,6 +358,8 @@ pub struct Store {
     /// The kept connection is trusted only when it was last used less than this long ago;
     /// after that the server may have closed it (its wait_timeout).
     reuse_within: Duration,
+    /// The kept connection is given back after this long in use (see DEFAULT_LIFETIME).
+    lifetime: Duration,
     pinned: Arc<PinnedSlot>,
     /// Whether final rooms are queued for a LiveKit DeleteRoom (only when LiveKit is configured).
     teardown: bool,
@@ -388,17 +415,23 @@ const LOCK_CALL: &str = call_query!(for_update!());
 impl Store {
     /// Builds the pool without connecting: the first request connects.
     pub fn connect_lazy(url: &str) -> Result<Self, ConfigError> {
-        Self::connect_lazy_with_idle(url, DEFAULT_IDLE)
+        Self::connect_lazy_with(url, DEFAULT_IDLE, DEFAULT_LIFETIME)
     }
 
-    /// [`Store::connect_lazy`], with the server closing a connection unused for `idle`.
-    pub fn connect_lazy_with_idle(url: &str, idle: Duration) -> Result<Self, ConfigError> {
+    /// [`Store::connect_lazy`], with the server closing a connection unused for `idle`, and
+    /// the kept connection reopened after `lifetime` in use.
+    pub fn connect_lazy_with(
+        url: &str,
+        idle: Duration,
+        lifetime: Duration,
+    ) -> Result<Self, ConfigError> {
         let pool = backend::pool(url, idle).map_err(|e| ConfigError::Malformed {
             name: "DATABASE_URL",
             reason: e.to_string(),
         })?;
         Ok(Store {
             reuse_within: idle.saturating_sub(IDLE_MARGIN).max(Duration::from_secs(1)),
+            lifetime,
             ..Store::from_pool(pool)
         })
     }
@@ -407,6 +440,7 @@ impl Store {
         Store {
             pool,
             reuse_within: DEFAULT_IDLE - IDLE_MARGIN,
+            lifetime: DEFAULT_LIFETIME,
             pinned: Arc::default(),
             teardown: false,
             outbox: Arc::default(),
@@ -488,20 +522,25 @@ impl Store {
         E: From<sqlx::Error> + ConnectionFailure,
     {
         let Ok(mut slot) = self.pinned.try_lock() else {
-            let mut conn = CloseIfAbandoned(Some(self.pool.acquire().await?));
+            let mut conn = CloseIfAbandoned(Some(self.acquire().await?));
             let result = conn.run(work).await;
             if let Some(conn) = conn.0.take() {
                 hand_back(conn, result_breaks(&result)).await;
             }
             return result;
         };
-        let conn = match slot.take() {
-            Some((conn, used)) if used.elapsed() < self.reuse_within => conn,
+        let (conn, opened) = match slot.take() {
+            Some(kept)
+                if kept.used.elapsed() < self.reuse_within
+                    && kept.opened.elapsed() < self.lifetime =>
+            {
+                (kept.conn, kept.opened)
+            }
             stale => {
-                if let Some((conn, _)) = stale {
-                    close(conn).await;
+                if let Some(kept) = stale {
+                    close(kept.conn).await;
                 }
-                self.pool.acquire().await?
+                (self.acquire().await?, Instant::now())
             }
         };
         let mut conn = CloseIfAbandoned(Some(conn));
@@ -509,9 +548,33 @@ impl Store {
         if let Some(conn) = conn.0.take()
             && let Some(conn) = hand_back(conn, result_breaks(&result)).await
         {
-            *slot = Some((conn, Instant::now()));
+            *slot = Some(Kept {
+                conn,
+                used: Instant::now(),
+                opened,
+            });
         }
         result
+    }
+
+    /// A connection from the pool. When the server has no room for another one (1040, 1226),
+    /// it is asked again after a short random pause until ACQUIRE_TIMEOUT has passed: under
+    /// a burst, instances give connections back all the time (their lifetime, their idle
+    /// time), and a request that waits a moment for one answers instead of refusing.
+    async fn acquire(&self) -> Result<PoolConnection<Db>, sqlx::Error> {
+        let give_up = Instant::now() + ACQUIRE_TIMEOUT;
+        loop {
+            match self.pool.acquire().await {
+                Err(err) if is_out_of_connections(&err) => {
+                    let pause = Duration::from_millis(random_in(FULL_PAUSE_MS));
+                    if Instant::now() + pause >= give_up {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn ping(&self) -> Result<(), ApiError> {
