@@ -108,7 +108,10 @@ where
     let (status, body, retry_after) = match outcome.and_then(|success| render(success, lang)) {
         Ok((status, body)) => {
             tracing::info!(status, elapsed_ms, "ok");
-            (status, body, None)
+            // A bare 503 (health with the database away) says when to look again, too.
+            let retry_after =
+                (status == 503).then_some(crate::error::SERVICE_UNAVAILABLE_RETRY_AFTER_SECS);
+            (status, body, retry_after)
         }
         Err(err) => {
             let status = err.status();

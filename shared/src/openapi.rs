@@ -116,6 +116,7 @@ fn complete_operation(operation: &mut Value) {
     let tagged = |t: &str| tags.iter().any(|v| v == t);
     if tagged("service") {
         operation["security"] = json!([]);
+        document_retry_after(operation);
         return;
     }
     let has_body = operation.get("requestBody").is_some();
@@ -143,7 +144,8 @@ fn complete_operation(operation: &mut Value) {
         ("500", "internal_error"),
         (
             "503",
-            "service_unavailable: the database did not answer in time; retry.",
+            "service_unavailable: the database has no connection to spare or did not answer \
+             in time; retry after Retry-After seconds.",
         ),
     ];
     if tagged("livekit") {
@@ -171,6 +173,23 @@ fn complete_operation(operation: &mut Value) {
             attach_error_body(&mut response);
             response
         });
+    }
+    document_retry_after(operation);
+}
+
+/// Every 429 and 503 says when to come back.
+fn document_retry_after(operation: &mut Value) {
+    let Some(responses) = operation["responses"].as_object_mut() else {
+        return;
+    };
+    for (status, response) in responses.iter_mut() {
+        if matches!(status.as_str(), "429" | "503") {
+            response["headers"]["Retry-After"] = json!({
+                "description": "Seconds to wait before trying again (always sent).",
+                "required": true,
+                "schema": { "type": "integer", "minimum": 1 },
+            });
+        }
     }
 }
 
@@ -470,6 +489,32 @@ mod tests {
         routed.sort();
         assert!(routed.len() >= 21, "the router was read: {routed:?}");
         assert_eq!(documented, routed);
+    }
+
+    #[test]
+    fn every_refusal_that_says_when_to_come_back_documents_retry_after() {
+        let doc = doc();
+        let mut seen = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("item") {
+                for (status, response) in op["responses"].as_object().expect("responses") {
+                    if matches!(status.as_str(), "429" | "503") {
+                        seen += 1;
+                        assert_eq!(
+                            response["headers"]["Retry-After"]["required"], true,
+                            "{method} {path} {status} documents Retry-After"
+                        );
+                    }
+                }
+                if op["tags"][0] != "service" {
+                    assert!(
+                        op["responses"].get("503").is_some(),
+                        "{method} {path} documents 503"
+                    );
+                }
+            }
+        }
+        assert!(seen > 20);
     }
 
     #[test]
