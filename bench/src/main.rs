@@ -11,6 +11,7 @@
 
 mod counting;
 mod events;
+mod fleet;
 mod gateway;
 mod http;
 mod outbox;
@@ -100,7 +101,7 @@ pub struct Options {
 const EVENT_ROUNDS: usize = 300;
 
 pub const PHASES: &[&str] = &[
-    "sizes", "init", "warm", "counts", "load", "scale", "ringout", "events",
+    "sizes", "init", "warm", "counts", "load", "scale", "ringout", "events", "fleet",
 ];
 
 impl Options {
@@ -118,7 +119,7 @@ fn usage() -> ! {
          \x20            [--time-limit SECS] [--scale-rooms N] [--small-rooms N]\n\
          \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--scale-pool-mb N|0]\n\
          \x20            [--ringout-calls N]\n\
-         \x20            [--only sizes,init,warm,counts,load,scale,ringout]\n\
+         \x20            [--only sizes,init,warm,counts,load,scale,ringout,events,fleet]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
     );
@@ -565,6 +566,14 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             ctx.opts.ringout_calls
         ));
         results.ringout = Some(ringout::run(&ctx).await?);
+    }
+    // The same suite runs in the test command (at one budget); a smoke run leaves it there.
+    if ctx.opts.runs("fleet") && !ctx.opts.smoke {
+        log(format!(
+            "fleet: a burst at connection budgets {:?}",
+            fleet::BUDGETS
+        ));
+        results.fleet = Some(fleet::run(&ctx.opts.root, &ctx.log_dir)?);
     }
     if ctx.opts.runs("events") {
         log(format!(

@@ -306,6 +306,7 @@ pub struct Results {
     pub scale: Option<ScaleOutcome>,
     pub ringout: Option<RingoutOutcome>,
     pub events: Option<crate::outbox::EventsOutcome>,
+    pub fleet: Option<Vec<crate::fleet::FleetRun>>,
     /// Business events the load wrote (each change's, in its own transaction).
     pub load_events: Option<i64>,
     pub elapsed_secs: f64,
@@ -379,6 +380,7 @@ impl Results {
             scale: None,
             ringout: None,
             events: None,
+            fleet: None,
             load_events: None,
             elapsed_secs: 0.0,
             load_avg: (load_avg(), String::new()),
@@ -763,6 +765,7 @@ pub fn render(r: &Results) -> String {
     render_scale(w, r);
     render_ringout(w, r);
     render_events(w, r);
+    render_fleet(w, r);
     render_notes(w, r);
     if let Some(analysis) = &r.analysis {
         let _ = writeln!(w, "\n{}", analysis.trim_end());
@@ -1615,6 +1618,58 @@ fn render_events(w: &mut String, r: &Results) {
         e.drain.as_secs_f64(),
         per_sec
     );
+}
+
+fn render_fleet(w: &mut String, r: &Results) {
+    let _ = writeln!(w, "\n## 10. The fleet: more instances than connections\n");
+    let Some(runs) = &r.fleet else {
+        let _ = writeln!(
+            w,
+            "Not run (`--only`, or a smoke run: the test command runs the same suite at 14)."
+        );
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "`tests/e2e/test_fleet.py` at each budget: the local main job on MariaDB (debug build) \
+         with `LAMBDA_CONCURRENCY` instances per function, as a database user whose \
+         `MAX_USER_CONNECTIONS` is the budget, `DB_IDLE_SECONDS=3`, \
+         `DB_CONNECTION_LIFETIME_SECONDS=5`; seeded clients place calls for 20 s (create, two \
+         joins, two participant_joined webhooks, get, leave, participant_left, end: 9 requests \
+         a call), each request tried again after a 503 once its Retry-After has passed. \
+         **Success** is the share of answers that are 2xx (the rest are 503s with Retry-After, \
+         tried again); latency is per answer, and per step with its retries. The suite asserts \
+         no 500, no answer after the 10 s function timeout, every finished call final, at most \
+         one connection per instance, and the connections back within the idle time.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| budget | instances / function | clients | answers | 503 | other 5xx | success | p50 | \
+         p99 | step p99 | calls finished | calls/s | connections held (max) | per instance (max) |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for run in runs {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {:.1}% | {:.0} ms | {:.0} ms | {:.0} ms | {} in {:.0} s \
+             | {:.2} | {} | {} |",
+            run.budget,
+            run.instances_per_function,
+            run.clients,
+            run.answers,
+            run.refused_503,
+            run.other_5xx,
+            run.success_rate * 100.0,
+            run.p50_ms,
+            run.p99_ms,
+            run.step_p99_ms,
+            run.calls_finished,
+            run.seconds,
+            run.calls_per_s,
+            run.connections_held_max,
+            run.connections_per_instance_max,
+        );
+    }
 }
 
 fn render_ringout(w: &mut String, r: &Results) {

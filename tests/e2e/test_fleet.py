@@ -81,6 +81,7 @@ SWEEPERS = {"ring-timeout", "deliver-events"}
 @dataclass
 class Answer:
     step: str
+    room: str
     status: int
     started: float
     took: float
@@ -114,7 +115,8 @@ class Client:
         self.rng = rng
         self.tag = uuid.uuid4().hex[:6]
 
-    def send(self, step: str, call, accept_after_retry: tuple[str, ...] = ()) -> Optional[Reply]:
+    def send(self, step: str, room: str, call,
+             accept_after_retry: tuple[str, ...] = ()) -> Optional[Reply]:
         began = time.monotonic()
         retried = False
         while True:
@@ -122,7 +124,7 @@ class Client:
             reply: Reply = call()
             took = time.monotonic() - started
             key = reply.key if reply.status >= 400 else None
-            self.log.add(Answer(step, reply.status, started, took,
+            self.log.add(Answer(step, room, reply.status, started, took,
                                 reply.headers.get("retry-after"), key, retried))
             if reply.status == 503:
                 if time.monotonic() - began > GIVE_UP_S:
@@ -145,23 +147,25 @@ class Client:
         svc = self.svc
         room = f"fl{self.index}_{n}_{self.tag}"
         caller, callee = f"fa{self.index}_{self.tag}", f"fb{self.index}_{self.tag}"
-        created = self.send("create", lambda: svc.request("POST", "/api/rooms", {
+        created = self.send("create", room, lambda: svc.request("POST", "/api/rooms", {
             "source_channel_id": f"ch_{room}", "source_channel_type": 0, "creator": caller,
             "room_name": room, "call_type": 1, "invite_on": 1, "uids": [callee],
+            # Longer than any wait a refused step may make, so no invite rings out mid-call.
+            "ring_timeout_seconds": 180,
         }), ("room_already_exists",))
         if created is None or created.status not in (200, 409):
             return
         for uid in (caller, callee):
-            self.send("join", lambda uid=uid: svc.request(
+            self.send("join", room, lambda uid=uid: svc.request(
                 "POST", "/api/participants/join", {"room_name": room, "uid": uid}))
-            self.send("webhook", lambda uid=uid: svc.webhook(
+            self.send("webhook", room, lambda uid=uid: svc.webhook(
                 livekit_event("participant_joined", room, uid)))
-        self.send("get", lambda: svc.request("GET", f"/api/rooms/{room}"))
-        self.send("leave", lambda: svc.request(
+        self.send("get", room, lambda: svc.request("GET", f"/api/rooms/{room}"))
+        self.send("leave", room, lambda: svc.request(
             "POST", "/api/participants/leave", {"room_name": room, "uid": callee}),
             ("room_not_active", "participant_not_found"))
-        self.send("webhook", lambda: svc.webhook(livekit_event("participant_left", room, callee)))
-        ended = self.send("end", lambda: svc.request("POST", f"/api/rooms/{room}/end"),
+        self.send("webhook", room, lambda: svc.webhook(livekit_event("participant_left", room, callee)))
+        ended = self.send("end", room, lambda: svc.request("POST", f"/api/rooms/{room}/end"),
                           ("room_not_active",))
         if ended is not None and (ended.status == 200 or ended.key == "room_not_active"):
             with self.log.lock:
@@ -199,8 +203,10 @@ def service_connections() -> list[tuple[int, str]]:
     conn = admin()
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT id, host FROM information_schema.processlist WHERE user = %s",
-                        (USER,))
+            # A connection the server is still refusing (past authentication, over the limit)
+            # shows for a moment as 'Connect'; it never holds anything.
+            cur.execute("SELECT id, host FROM information_schema.processlist WHERE user = %s "
+                        "AND command <> 'Connect'", (USER,))
             return list(cur.fetchall())
     finally:
         conn.close()
@@ -341,8 +347,9 @@ def test_a_burst_beyond_the_connections_is_refused_politely_and_every_call_finis
     assert not unexpected, f"unexpected answers: {unexpected[:5]}"
     # A first try refused with 409 means a call was left half-done (a retry may find its
     # own work done: its earlier try committed before the answer was lost).
-    conflicts = [a for a in log.answers if a.status == 409 and not a.retry and a.key not in (
-        "room_already_exists", "room_not_active", "participant_not_found")]
+    # An end after the callee left may find the 1:1 call already over.
+    conflicts = [a for a in log.answers if a.status == 409 and not a.retry
+                 and not (a.step == "end" and a.key == "room_not_active")]
     assert not conflicts, f"conflicts: {conflicts[:5]}"
     assert len(log.finished) >= CLIENTS, f"only {len(log.finished)} calls finished"
 
