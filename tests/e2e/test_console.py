@@ -109,10 +109,10 @@ class Tab:
         bad = [v for v in found if v["impact"] in ("serious", "critical")]
         assert not bad, f"axe-core on {label}: {bad}"
 
-    def screenshot(self, name: str) -> Path:
+    def screenshot(self, name: str, full_page: bool = True) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}-{self.service.backend}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        self.page.screenshot(path=str(path), full_page=full_page)
         return path
 
     def close(self, *, refusals_expected: bool = False) -> None:
@@ -151,19 +151,27 @@ def settled_events(service, room: str, timeout_s: float = 20.0) -> list[dict]:
 
 def shows_the_story(tab: Tab, room: str, uids: set[str], events: list[dict]) -> None:
     """The call's page as the API has it: both participants, one timeline lane each, the events
-    in seq order with their types, and each event's deliveries per endpoint with their state."""
+    in seq order with their types, and each event's deliveries per endpoint with their state.
+    Every difference is named in one failure."""
     page = tab.page
-    page.wait_for_selector("svg.timeline g.lane")
-    assert tab.title() == room
+    page.wait_for_function(
+        """room => document.getElementById('view-title')?.textContent === room
+                  && document.querySelector('#view svg.timeline')""", arg=room)
+    problems = []
+    if tab.title() != room:
+        problems.append(f"heading {tab.title()!r}")
     rows = page.eval_on_selector_all("table.people tbody tr", "rs => rs.map(r => r.dataset.uid)")
-    assert set(rows) == uids and len(rows) == len(uids), rows
+    if sorted(rows) != sorted(uids):
+        problems.append(f"participants {rows}")
     lanes = page.eval_on_selector_all("svg.timeline g.lane", "gs => gs.map(g => g.dataset.uid)")
-    assert sorted(lanes) == sorted(uids), f"one lane per participant: {lanes}"
-    for uid in uids:
-        joined = page.locator(f'svg.timeline g.lane[data-uid="{uid}"] rect.seg.joined')
-        assert joined.count() >= 1, f"{uid}'s lane shows no time joined"
-    assert page.locator("svg.timeline .room-mark.started").count() == 1
-    assert page.locator("svg.timeline .room-mark.ended").count() == 1
+    if sorted(lanes) != sorted(uids):
+        problems.append(f"timeline lanes {lanes}, not one per participant")
+    for uid in set(lanes) & uids:
+        if page.locator(f'svg.timeline g.lane[data-uid="{uid}"] rect.seg.joined').count() < 1:
+            problems.append(f"{uid}'s lane shows no time joined")
+    for mark in ("started", "ended"):
+        if page.locator(f"svg.timeline .room-mark.{mark}").count() != 1:
+            problems.append(f"the room's {mark} mark")
     shown = page.eval_on_selector_all(
         "ol.events > li.event",
         """items => items.map(li => ({
@@ -178,8 +186,13 @@ def shows_the_story(tab: Tab, room: str, uids: set[str], events: list[dict]) -> 
                        for d in e["deliveries"]],
     } for e in events]
     assert [e["seq"] for e in expected] == list(range(1, len(expected) + 1))
-    assert shown == expected
     assert all(e["deliveries"] for e in expected), "every event was owed to both receivers"
+    if [(e["seq"], e["type"]) for e in shown] != [(e["seq"], e["type"]) for e in expected]:
+        problems.append(f"events {[(e['seq'], e['type']) for e in shown]}")
+    for got, want in zip(shown, expected):
+        if got["deliveries"] != want["deliveries"]:
+            problems.append(f"deliveries of #{want['seq']}: {got['deliveries']}")
+    assert not problems, f"the page of {room} differs from the API: {problems}"
 
 
 def test_a_call_is_found_by_room_by_uid_by_channel_and_by_its_link(service, browser, names,
@@ -203,7 +216,8 @@ def test_a_call_is_found_by_room_by_uid_by_channel_and_by_its_link(service, brow
         tab.find("rooms", room)
         shows_the_story(tab, room, {a, b}, events)
         tab.axe("a call's page")
-        tab.screenshot("console-call-desktop")
+        tab.screenshot("console-call-desktop", full_page=False)  # what 1280x800 shows
+        tab.screenshot("console-call-desktop-full")
 
         tab.find("users", b)
         tab.page.wait_for_selector(f'#view a[href="#/rooms/{quote(room, safe="")}"]')

@@ -31,7 +31,7 @@ const TEXT = {
     uid: "uid", reason: "原因", ringSeconds: "响铃秒数", talkSeconds: "通话秒数", actions: "操作",
     timeline: "时间线", timelineTitle: "每位参与者一条泳道：响铃、加入与离开", joined: "已加入",
     events: "事件", seq: "序号", type: "类型", time: "时间", data: "数据", deliveries: "投递",
-    endpoint: "端点", attempts: "尝试次数", outcome: "结果", httpStatus: "HTTP 状态", latency: "延迟",
+    endpoint: "端点", last: "最近一次", attempts: "尝试次数", outcome: "结果", httpStatus: "HTTP 状态", latency: "延迟",
     state: "状态", noEvents: "没有事件（未配置投递，或已过保留期）。", noDeliveries: "无投递",
     endCall: "结束通话", confirmEnd: "确定结束通话 {room}？", remove: "移出", confirmRemove: "确定把 {uid} 移出 {room}？",
     redeliver: "重新投递", confirmRedeliver: "确定重新投递事件 {id}？", done: "已完成：{msg}",
@@ -62,7 +62,7 @@ const TEXT = {
     uid: "uid", reason: "Reason", ringSeconds: "Ring s", talkSeconds: "Talk s", actions: "Actions",
     timeline: "Timeline", timelineTitle: "One lane per participant: ringing, joined and left", joined: "joined",
     events: "Events", seq: "Seq", type: "Type", time: "Time", data: "Data", deliveries: "Deliveries",
-    endpoint: "Endpoint", attempts: "Attempts", outcome: "Outcome", httpStatus: "HTTP status", latency: "Latency",
+    endpoint: "Endpoint", last: "last", attempts: "Attempts", outcome: "Outcome", httpStatus: "HTTP status", latency: "Latency",
     state: "State", noEvents: "No events (no delivery configured, or past retention).", noDeliveries: "no deliveries",
     endCall: "End call", confirmEnd: "End the call {room}?", remove: "Remove", confirmRemove: "Remove {uid} from {room}?",
     redeliver: "Redeliver", confirmRedeliver: "Redeliver event {id}?", done: "Done: {msg}",
@@ -447,7 +447,7 @@ function eventItem(reload) {
       return h("tr", { class: "delivery", "data-endpoint": d.endpoint },
         h("th", { scope: "row" }, h("span", { title: d.url }, d.endpoint)),
         h("td", { class: "num" }, String(d.attempts)),
-        h("td", {}, h("span", { class: `badge d-${d.state}` }, d.state), a ? ` (${a.outcome})` : ""),
+        h("td", {}, h("span", { class: `badge d-${d.state}` }, d.state), a && a.outcome !== d.state ? ` (${t("last")}: ${a.outcome})` : ""),
         h("td", { class: "num" }, a?.http_status ? String(a.http_status) : "–"),
         h("td", { class: "num" }, a ? `${a.latency_ms} ms` : "–"));
     });

@@ -92,8 +92,10 @@ function fromRow(row) {
 /** The timeline of one call: its span, a lane per participant (ringing and joined
  * segments, and a mark where each left, declined, rang out...), and the room's own marks. */
 export function buildTimeline({ room, participants, events, now }) {
-  const start = ms(room.created_at) ?? now;
-  const ended = ms(room.ended_at);
+  // The room's times are whole seconds; its events carry milliseconds.
+  const times = events.map((item) => ms((item.event || item).occurred_at)).filter((at) => at !== null);
+  const start = Math.min(ms(room.created_at) ?? now, ...times);
+  const ended = ms(room.ended_at) === null ? null : Math.max(ms(room.ended_at), ...times);
   const end = Math.max(ended ?? now, start + 1000);
   const lanes = stateChanges(room, participants, events).map(({ uid, changes }) => {
     const segments = [];
@@ -163,7 +165,8 @@ export function timelineSvg(model, text, width = 880) {
   for (const t of ticks(span / 1000)) {
     const tx = x(model.start + t * 1000);
     parts.push(`<line class="tick" x1="${tx.toFixed(1)}" x2="${tx.toFixed(1)}" y1="${top - 6}" y2="${height - 20}"/>`);
-    parts.push(`<text class="tick-label" x="${tx.toFixed(1)}" y="${height - 6}" text-anchor="middle">+${duration(t)}</text>`);
+    const anchor = tx > width - right - 20 ? "end" : "middle";
+    parts.push(`<text class="tick-label" x="${tx.toFixed(1)}" y="${height - 6}" text-anchor="${anchor}">+${duration(t)}</text>`);
   }
   model.lanes.forEach((lane, i) => {
     const y = top + i * laneHeight;
