@@ -92,10 +92,13 @@ function fromRow(row) {
 /** The timeline of one call: its span, a lane per participant (ringing and joined
  * segments, and a mark where each left, declined, rang out...), and the room's own marks. */
 export function buildTimeline({ room, participants, events, now }) {
-  // The room's times are whole seconds; its events carry milliseconds.
-  const times = events.map((item) => ms((item.event || item).occurred_at)).filter((at) => at !== null);
-  const start = Math.min(ms(room.created_at) ?? now, ...times);
-  const ended = ms(room.ended_at) === null ? null : Math.max(ms(room.ended_at), ...times);
+  // The room's times are whole seconds; its own events carry the milliseconds.
+  const at = (type, field) => {
+    const found = events.map((item) => item.event || item).find((e) => e.type === type);
+    return ms(found?.occurred_at) ?? ms(room[field]);
+  };
+  const start = at("room.created", "created_at") ?? now;
+  const ended = room.ended_at ? at("room.ended", "ended_at") : null;
   const end = Math.max(ended ?? now, start + 1000);
   const lanes = stateChanges(room, participants, events).map(({ uid, changes }) => {
     const segments = [];
@@ -116,7 +119,7 @@ export function buildTimeline({ room, participants, events, now }) {
     return { uid, segments, marks };
   });
   const roomMarks = [{ kind: "created", at: start }];
-  const started = ms(room.started_at);
+  const started = room.started_at ? at("room.started", "started_at") : null;
   if (started !== null) roomMarks.push({ kind: "started", at: clamp(started, start, end) });
   if (ended !== null) roomMarks.push({ kind: "ended", at: clamp(ended, start, end) });
   return { start, end, lanes, roomMarks };
