@@ -100,6 +100,11 @@ class Tab:
     def title(self) -> str:
         return self.page.inner_text("#view-title")
 
+    def wait_for_title(self, title: str) -> None:
+        """Until the view with this heading is drawn (the one before may still be showing)."""
+        self.page.wait_for_function(
+            "t => document.getElementById('view-title')?.textContent === t", arg=title)
+
     def axe(self, label: str) -> None:
         """No serious or critical accessibility violation on the page as it is now."""
         found = self.page.evaluate(
@@ -220,13 +225,13 @@ def test_a_call_is_found_by_room_by_uid_by_channel_and_by_its_link(service, brow
         tab.screenshot("console-call-desktop-full")
 
         tab.find("users", b)
-        tab.page.wait_for_selector(f'#view a[href="#/rooms/{quote(room, safe="")}"]')
-        assert tab.title() == f"Calls of {b}"
-        tab.page.click(f'#view a[href="#/rooms/{quote(room, safe="")}"]')
+        tab.wait_for_title(f"Calls of {b}")
+        tab.page.click(f'#view tbody a[href="#/rooms/{quote(room, safe="")}"]')
         shows_the_story(tab, room, {a, b}, events)
 
         tab.find("channels", channel)
-        tab.page.wait_for_selector(f'#view a[href="#/rooms/{quote(room, safe="")}"]')
+        tab.wait_for_title(f"Calls of channel {channel}")
+        assert tab.page.locator(f'#view tbody a[href="#/rooms/{quote(room, safe="")}"]').count() == 1
 
         # The call's own link, in this tab (the token is in its sessionStorage)...
         link = f"/console#/rooms/{quote(room, safe='')}"
@@ -318,7 +323,10 @@ def test_an_operator_ends_a_live_call_from_the_console(service, browser, names, 
 
         tab.page.once("dialog", lambda dialog: dialog.accept())
         tab.page.click("#end-call")
-        tab.page.wait_for_function("() => !document.getElementById('end-call')")
+        # Drawn again once the end has answered: the timeline back, the button gone.
+        tab.page.wait_for_function(
+            """() => document.querySelector('#view svg.timeline')
+                     && !document.getElementById('end-call')""")
         ended = service.request("GET", f"/api/rooms/{room}").data
         assert (ended["status"], ended["end_reason"]) == (2, "ended_by_api")
         assert tab.page.locator("svg.timeline g.lane").count() == 3
