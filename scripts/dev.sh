@@ -73,6 +73,7 @@ cat <<MSG
 
 Call service: http://$HOST:$PORT   (health: curl http://127.0.0.1:$PORT/health)
 API docs: http://127.0.0.1:$PORT/api/docs   (OpenAPI 3.1: http://127.0.0.1:$PORT/api/openapi.json)
+Console:  http://127.0.0.1:$PORT/console    (paste the service token below)
 Database: $BACKEND   Redis: ${REDIS_URL:-off}   Sweepers: every ${SWEEP_INTERVAL_SECONDS}s
 Business events: $EVENTS_TO
 

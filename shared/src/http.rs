@@ -53,6 +53,8 @@ pub mod msg {
     pub const EVENTS_LISTED: Pair = ("获取事件列表成功", "Events listed");
     pub const EVENT_FETCHED: Pair = ("获取事件详情成功", "Event fetched");
     pub const EVENT_REDELIVERED: Pair = ("事件已重新投递", "Event redelivered");
+    pub const ROOM_EVENTS_LISTED: Pair = ("获取房间事件成功", "Room events listed");
+    pub const OVERVIEW_FETCHED: Pair = ("获取运行概况成功", "Overview fetched");
 }
 
 pub fn ok(msg: msg::Pair, data: impl Serialize) -> Result<Success, ApiError> {

@@ -16,6 +16,7 @@ pub mod livekit;
 pub mod model;
 pub mod openapi;
 pub mod outbound;
+pub mod overview;
 pub mod rules;
 pub mod secrets;
 pub mod store;

@@ -58,9 +58,15 @@ is 0 on success; on failure it is the HTTP status, `error` is a stable key to br
         crate::handlers::events::list_events,
         crate::handlers::events::get_event,
         crate::handlers::events::redeliver_event,
+        crate::handlers::events::room_events,
+        crate::handlers::overview::call_overview,
         crate::handlers::docs::openapi_json,
         crate::handlers::docs::docs_page,
         crate::handlers::docs::docs_asset,
+        crate::handlers::console::console_page,
+        crate::handlers::console::console_app,
+        crate::handlers::console::console_timeline,
+        crate::handlers::console::console_css,
     ),
     components(schemas(ErrorBody, ErrorKey, Event)),
     tags(
@@ -70,7 +76,8 @@ is 0 on success; on failure it is the HTTP status, `error` is a stable key to br
         (name = "events", description = "The business events feed and its deliveries \
 (service tokens only)."),
         (name = "livekit", description = "LiveKit's webhooks, signed by LiveKit."),
-        (name = "service", description = "Health and this documentation; no token."),
+        (name = "service", description = "Health, this documentation and the operator \
+console's page; no token."),
     ),
 )]
 struct ApiDoc;
@@ -601,6 +608,11 @@ mod tests {
             &op("/api/events/{id}", "get"),
             "404",
             "event_not_found"
+        ));
+        assert!(described(
+            &op("/api/rooms/{room_name}/events", "get"),
+            "404",
+            "room_not_found"
         ));
     }
 

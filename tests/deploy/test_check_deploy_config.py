@@ -43,10 +43,12 @@ def test_the_real_files_agree():
     crates = sorted(m.parent.name for m in (ROOT / "functions").glob("*/Cargo.toml"))
     # Every crate is a function; all but the ones without a route (migrate, and the two
     # sweepers ring-timeout and deliver-events) serve one route each, but api-docs, which
-    # serves three (the document, the page and its renderer).
+    # serves three (the document, the page and its renderer), and console, which serves four
+    # (the page, its two script modules and its style sheet).
     unrouted = {"migrate", "ring-timeout", "deliver-events"}
     assert "health" in crates and unrouted <= set(crates) and "api-docs" in crates
-    routes = len(crates) - len(unrouted) + 2
+    assert "console" in crates
+    routes = len(crates) - len(unrouted) + 2 + 3
     assert counts == {"functions": len(crates), "routes": routes}
 
 

@@ -584,6 +584,34 @@ def warm_every_function(port: int) -> None:
             http_request("127.0.0.1", port, target["method"], path, timeout=REQUEST_TIMEOUT_S)
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("google-chrome")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's package, which scripts/test.sh installs; never a browser
+    download) driven by Playwright, with every host but 127.0.0.1 unresolvable: a page that
+    needed anything from elsewhere would show it."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium is not installed (scripts/test.sh installs Debian's package)"
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="session")
 def receivers():
     """The business-event receivers every job delivers to (both backends share them; each

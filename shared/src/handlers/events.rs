@@ -1,6 +1,8 @@
 //! The business events for the app backend (service tokens only): the pull feed, one event
 //! with its deliveries and attempts, and a redelivery on request.
 
+use std::collections::HashMap;
+
 use lambda_http::{Body, Error, Request, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -9,12 +11,16 @@ use crate::app::App;
 use crate::delivery::DeliveryReport;
 use crate::error::ApiError;
 use crate::handlers::routes;
-use crate::http::{msg, ok, path_param, query_param, respond};
+use crate::http::{msg, note, ok, path_param, query_param, respond};
+use crate::model::Now;
 use crate::store::{EventAttempt, FeedCursor, StoredEvent};
 use crate::validate;
 
 /// Events per feed page unless `limit` says otherwise.
 const FEED_PAGE_DEFAULT: i64 = 50;
+/// The most events one room's story shows (a call adds one per participant change and room
+/// status: a 50-person call that rings everyone twice stays far below it).
+const ROOM_EVENTS_MAX: i64 = 1000;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Feed {
@@ -47,6 +53,15 @@ struct EventDetails {
     /// Only in the answer to a redelivery: what it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     redelivery: Option<DeliveryReport>,
+}
+
+/// One room's events in seq order, each with its deliveries and attempts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct RoomEvents {
+    room_name: String,
+    events: Vec<EventDetails>,
+    /// Whether the room has more events than this answer carries (the first 1,000).
+    truncated: bool,
 }
 
 /// The events feed
@@ -159,6 +174,55 @@ pub async fn redeliver_event(app: &App, req: Request) -> Result<Response<Body>, 
     .await
 }
 
+/// A room's events
+///
+/// Every event of one room in seq order (the first 1,000), each with where it stands with
+/// each endpoint and every attempt: one call's story for an operator. Service tokens only.
+#[utoipa::path(
+    get, path = "/api/rooms/{room_name}/events", tag = "events", operation_id = "listRoomEvents",
+    params(("room_name" = String, Path, description = "The room.")),
+    responses(
+        (status = 200, description = "获取房间事件成功 (Room events listed)", body = RoomEvents),
+        (status = 404, description = "room_not_found: no such room"),
+    )
+)]
+pub async fn room_events(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    respond("room-events", &req, async {
+        let caller = app.caller(&req)?;
+        caller.must_be_service()?;
+        let room_name = path_param(&req, routes::ROOM_EVENTS, "room_name")?;
+        note(&room_name, caller.uid());
+        app.store
+            .load(&room_name, Now::current())
+            .await?
+            .ok_or(ApiError::RoomNotFound)?;
+        let events = app.store.room_events(&room_name, ROOM_EVENTS_MAX).await?;
+        let ids: Vec<String> = events.iter().map(|e| e.event_id.clone()).collect();
+        let mut attempts: HashMap<String, Vec<EventAttempt>> = HashMap::new();
+        for (event_id, attempt) in app.store.attempts_of_events(&ids).await? {
+            attempts.entry(event_id).or_default().push(attempt);
+        }
+        let cursors = app.store.stream_cursors(&room_name).await?;
+        let truncated = events.len() as i64 == ROOM_EVENTS_MAX;
+        let events = events
+            .into_iter()
+            .map(|event| {
+                let mine = attempts.remove(&event.event_id).unwrap_or_default();
+                describe(app, event, mine, &cursors, None)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ok(
+            msg::ROOM_EVENTS_LISTED,
+            RoomEvents {
+                room_name,
+                events,
+                truncated,
+            },
+        )
+    })
+    .await
+}
+
 async fn stored_event(app: &App, req: &Request) -> Result<StoredEvent, ApiError> {
     let id = path_param(req, route_of(req), "id")?;
     if id.is_empty() || id.len() > 40 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -183,6 +247,18 @@ async fn details(
 ) -> Result<EventDetails, ApiError> {
     let attempts = app.store.attempts_of(&event.event_id).await?;
     let cursors = app.store.stream_cursors(&event.room_name).await?;
+    describe(app, event, attempts, &cursors, redelivery)
+}
+
+/// The event with where it stands with each endpoint it is owed to, from its attempts and the
+/// room's delivery cursors.
+fn describe(
+    app: &App,
+    event: StoredEvent,
+    attempts: Vec<EventAttempt>,
+    cursors: &[(String, i64)],
+    redelivery: Option<DeliveryReport>,
+) -> Result<EventDetails, ApiError> {
     let owed_to: Vec<&str> = event
         .endpoints
         .split(',')

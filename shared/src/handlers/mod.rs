@@ -1,16 +1,19 @@
 //! One async function per endpoint. Each reads like the contract: who is calling, what they
 //! sent, what the store did, what goes back.
 
+pub mod console;
 pub mod docs;
 pub(crate) mod events;
 pub(crate) mod health;
+pub(crate) mod overview;
 pub(crate) mod participants;
 pub(crate) mod rooms;
 pub(crate) mod users;
 pub(crate) mod webhook;
 
-pub use events::{get_event, list_events, redeliver_event};
+pub use events::{get_event, list_events, redeliver_event, room_events};
 pub use health::health;
+pub use overview::call_overview;
 pub use participants::{
     invite_participants, join_room, leave_room, list_participants, remove_participant,
     update_participant_status,
@@ -35,4 +38,6 @@ pub mod routes {
     pub const EVENTS: &str = "/api/events";
     pub const EVENT: &str = "/api/events/{id}";
     pub const EVENT_REDELIVER: &str = "/api/events/{id}/redeliver";
+    pub const ROOM_EVENTS: &str = "/api/rooms/{room_name}/events";
+    pub const OVERVIEW: &str = "/api/overview";
 }

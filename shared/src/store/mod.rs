@@ -43,8 +43,8 @@ pub use webhooks::WebhookOutcome;
 
 use outbox::write_events;
 pub use outbox::{
-    AttemptRecord, Claim, EventAttempt, FeedCursor, Outbox, PendingEvent, StoredEvent, Stream,
-    StreamUpdate,
+    AttemptRecord, Claim, EventAttempt, FeedCursor, Outbox, OwedEvent, PendingEvent, StoredEvent,
+    Stream, StreamState, StreamUpdate,
 };
 
 use backend::{for_update, live_row_of};

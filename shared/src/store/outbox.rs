@@ -182,6 +182,33 @@ pub struct EventAttempt {
     pub attempted_at: NaiveDateTime,
 }
 
+/// An attempt with the id of the event it was for.
+#[derive(sqlx::FromRow)]
+struct AttemptOfEvent {
+    event_id: String,
+    #[sqlx(flatten)]
+    attempt: EventAttempt,
+}
+
+/// An event still owed to some endpoint: where it sits in its room's order, and to whom.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct OwedEvent {
+    pub room_name: String,
+    pub seq: i32,
+    pub endpoints: String,
+}
+
+/// One endpoint's delivery of one room's events: how far it got and whether its head event
+/// is failing.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StreamState {
+    pub endpoint: String,
+    pub room_name: String,
+    pub delivered_seq: i32,
+    pub attempts: i32,
+    pub failing_since: Option<NaiveDateTime>,
+}
+
 fn as_bool<S: serde::Serializer>(flag: &i16, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_bool(*flag != 0)
 }
@@ -623,6 +650,103 @@ impl Store {
         })
         .await?;
         Ok(())
+    }
+
+    /// One room's events in seq order (at most `limit`: the first ones), by the room's
+    /// `(room_name, seq)` key.
+    pub async fn room_events(
+        &self,
+        room_name: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, ApiError> {
+        let rows = self
+            .with_conn(async |conn: &mut DbConnection| {
+                let mut query = QueryBuilder::<Db>::new("SELECT ");
+                query
+                    .push(EVENT_COLUMNS)
+                    .push(" FROM call_event WHERE room_name = ")
+                    .push_bind(room_name.to_owned())
+                    .push(" ORDER BY seq LIMIT ")
+                    .push_bind(limit);
+                query.build_query_as().fetch_all(conn).await
+            })
+            .await?;
+        Ok(rows)
+    }
+
+    /// Every attempt of these events, each with its event's id, in the order they were made
+    /// (by the attempts' `(event_id, id)` key).
+    pub async fn attempts_of_events(
+        &self,
+        event_ids: &[String],
+    ) -> Result<Vec<(String, EventAttempt)>, ApiError> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<AttemptOfEvent> = self
+            .with_conn(async |conn: &mut DbConnection| {
+                let mut query = QueryBuilder::<Db>::new(
+                    "SELECT event_id, endpoint, url, attempt, outcome, http_status, latency_ms, \
+                     error, inline_attempt, attempted_at FROM event_attempt WHERE event_id IN (",
+                );
+                let mut list = query.separated(", ");
+                for id in event_ids {
+                    list.push_bind(id.clone());
+                }
+                query.push(") ORDER BY id");
+                query.build_query_as().fetch_all(conn).await
+            })
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.event_id, r.attempt)).collect())
+    }
+
+    /// Events some endpoint is still owed (oldest due first, at most `limit`), by
+    /// `ix_event_due`: the delivery backlog's raw material.
+    pub async fn owed_events(&self, limit: i64) -> Result<Vec<OwedEvent>, ApiError> {
+        let rows = self
+            .with_conn(async |conn: &mut DbConnection| {
+                sqlx::query_as(
+                    "SELECT room_name, seq, endpoints FROM call_event WHERE due_at IS NOT NULL \
+                     ORDER BY due_at LIMIT ?",
+                )
+                .bind(limit)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        Ok(rows)
+    }
+
+    /// The delivery streams of these endpoints for these rooms, by the streams' primary key
+    /// `(endpoint, room_name)`.
+    pub async fn streams_of(
+        &self,
+        endpoints: &[String],
+        rooms: &[String],
+    ) -> Result<Vec<StreamState>, ApiError> {
+        if endpoints.is_empty() || rooms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .with_conn(async |conn: &mut DbConnection| {
+                let mut query = QueryBuilder::<Db>::new(
+                    "SELECT endpoint, room_name, delivered_seq, attempts, failing_since \
+                     FROM event_stream WHERE endpoint IN (",
+                );
+                let mut list = query.separated(", ");
+                for key in endpoints {
+                    list.push_bind(key.clone());
+                }
+                query.push(") AND room_name IN (");
+                let mut list = query.separated(", ");
+                for room in rooms {
+                    list.push_bind(room.clone());
+                }
+                query.push(")");
+                query.build_query_as().fetch_all(conn).await
+            })
+            .await?;
+        Ok(rows)
     }
 
     /// Deletes up to `limit` events nobody is owed any more, written before `before`, with

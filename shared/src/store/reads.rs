@@ -147,6 +147,26 @@ impl Store {
         })
         .await
     }
+
+    /// How many calls ended (or were cancelled) at or after `since`, per end_reason, by
+    /// `ix_room_ended`.
+    pub async fn ended_since(&self, since: NaiveDateTime) -> Result<Vec<(String, i64)>, ApiError> {
+        let rows: Vec<(Option<String>, i64)> = self
+            .with_conn(async |conn: &mut DbConnection| {
+                sqlx::query_as(
+                    "SELECT end_reason, COUNT(*) FROM call_room WHERE ended_at >= ? \
+                     AND end_reason IS NOT NULL GROUP BY end_reason ORDER BY COUNT(*) DESC, end_reason",
+                )
+                .bind(since)
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(reason, n)| (reason.unwrap_or_default(), n))
+            .collect())
+    }
 }
 
 async fn load_on(

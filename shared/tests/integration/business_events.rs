@@ -613,6 +613,82 @@ async fn event_details_and_redelivery_are_for_services_only(pool: DbPool) {
 }
 
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_rooms_events_come_in_seq_order_with_their_deliveries_for_services_only(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    let app = app_for(&pool, &receiver, &[]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    api.leave(&api.user("a"), "r1", "a").await;
+    let answer = api.room_events(&api.service(), "r1").await;
+    let data = answer.ok("获取房间事件成功").clone();
+    let events = data["events"].as_array().expect("events");
+    let seqs: Vec<i64> = events
+        .iter()
+        .filter_map(|e| e["event"]["seq"].as_i64())
+        .collect();
+    assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        outbox(&pool, "r1").await.len(),
+        events.len(),
+        "every stored event"
+    );
+    for event in events {
+        let id = event["event"]["id"].as_str().expect("id");
+        let single = api.get_event(&api.service(), id).await;
+        let single = single.ok("获取事件详情成功");
+        assert_eq!(event["deliveries"], single["deliveries"], "{id}");
+        assert_eq!(event["attempts"], single["attempts"], "{id}");
+        assert_eq!(event["deliveries"][0]["state"], "delivered");
+    }
+    assert_eq!(data["truncated"], false);
+
+    api.room_events(&api.user("a"), "r1")
+        .await
+        .err(403, "forbidden");
+    api.room_events(&api.service(), "nope")
+        .await
+        .err(404, "room_not_found");
+    api.room_events(&api.service(), "a b")
+        .await
+        .err(400, "invalid_parameters");
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn the_overview_counts_ended_calls_and_what_each_endpoint_is_owed(pool: DbPool) {
+    let receiver = Receiver::start().await;
+    receiver.answer_with(503, Duration::ZERO);
+    let app = app_for(&pool, &receiver, &[("EVENT_RETRY_BASE_MS", "600000")]);
+    let api = Api::new(&app);
+    api.open("r1", "a", &["b"]).await;
+    api.end(&api.service(), "r1").await;
+    let data = api.overview(&api.service(), "").await;
+    let data = data.ok("获取运行概况成功").clone();
+    assert_eq!(data["window_minutes"], 60);
+    assert_eq!(
+        data["ended"],
+        json!([{ "end_reason": "ended_by_api", "count": 1 }])
+    );
+    let owed = outbox(&pool, "r1").await.len() as i64;
+    let endpoint = &data["deliveries"][0];
+    assert_eq!(endpoint["pending"], owed, "{data}");
+    assert_eq!(endpoint["failing_rooms"], 1, "{data}");
+    assert!(endpoint["failing_since"].is_string(), "{data}");
+    assert!(endpoint["failures_in_a_row"].as_i64() >= Some(1), "{data}");
+
+    let user = api.user("a");
+    api.overview(&user, "").await.err(403, "forbidden");
+    for query in [
+        "window_minutes=0",
+        "window_minutes=1441",
+        "window_minutes=x",
+    ] {
+        api.overview(&api.service(), query)
+            .await
+            .err(400, "invalid_parameters");
+    }
+}
+
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn redelivering_a_pending_event_keeps_the_room_in_order(pool: DbPool) {
     let receiver = Receiver::start().await;
     receiver.answer_with(500, Duration::ZERO);

@@ -530,6 +530,26 @@ impl<'a> Api<'a> {
             .await
     }
 
+    pub async fn room_events(&self, token: &str, room: &str) -> Reply {
+        let req = self
+            .ev(
+                "GET",
+                &format!("/api/rooms/{}/events", encode(room)),
+                Some(token),
+            )
+            .path_params(&[("room_name", room)])
+            .request();
+        self.answered(handlers::room_events(self.app, req)).await
+    }
+
+    pub async fn overview(&self, token: &str, query: &str) -> Reply {
+        let req = self
+            .ev("GET", "/api/overview", Some(token))
+            .query(query)
+            .request();
+        self.answered(handlers::call_overview(self.app, req)).await
+    }
+
     /// Set-up: the service creates an invite-only video room for up to ten people.
     pub async fn open(&self, room: &str, creator: &str, uids: &[&str]) -> Value {
         self.open_with(json!({
