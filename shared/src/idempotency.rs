@@ -90,8 +90,10 @@ pub async fn keyed(
     work: impl AsyncFnOnce(&Keyed) -> Result<Success, ApiError>,
 ) -> Result<Success, ApiError> {
     let lang = Lang::from_accept_language(header(req, "accept-language"));
+    // The work (a call transaction and what follows it) is a large future: on the heap, so
+    // the handler's own future stays small wherever it is awaited.
     let Some(key) = key_of(req)? else {
-        return work(&Keyed { claim: None, lang }).await;
+        return Box::pin(work(&Keyed { claim: None, lang })).await;
     };
     let times = KeyTimes {
         ttl: app.config.idempotency_ttl,
@@ -121,7 +123,7 @@ pub async fn keyed(
         claim: Some(claim.clone()),
         lang,
     };
-    match work(&keyed).await {
+    match Box::pin(work(&keyed)).await {
         // Stored with the change, in its transaction.
         Ok(success @ Success::Stored { .. }) => Ok(success),
         // Work without a call transaction of its own (a redelivery): its answer is stored now.
