@@ -68,7 +68,11 @@ pub async fn run(ctx: &Ctx) -> Result<KeysOutcome, String> {
                 let call = step_call(ctx, step, &room, key);
                 let took = invoke(&processes[function], step, &call, Expect::OK).await?;
                 if measured {
-                    let samples = if key.is_some() { &mut keyed } else { &mut plain };
+                    let samples = if key.is_some() {
+                        &mut keyed
+                    } else {
+                        &mut plain
+                    };
                     samples.entry(step).or_default().push(micros(took));
                 }
             }
@@ -88,7 +92,13 @@ pub async fn run(ctx: &Ctx) -> Result<KeysOutcome, String> {
         rounds: ctx.opts.rounds,
         steps: STEPS
             .iter()
-            .map(|(step, _)| (step.to_string(), summary(&plain, step), summary(&keyed, step)))
+            .map(|(step, _)| {
+                (
+                    step.to_string(),
+                    summary(&plain, step),
+                    summary(&keyed, step),
+                )
+            })
             .collect(),
         replay: summarize(&replay),
     })

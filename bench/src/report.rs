@@ -1624,7 +1624,10 @@ fn render_keys(w: &mut String, r: &Results) {
     let Some(k) = &r.keys else {
         return;
     };
-    let _ = writeln!(w, "\n## 10. Idempotency-Key: a keyed POST beside an unkeyed one\n");
+    let _ = writeln!(
+        w,
+        "\n## 10. Idempotency-Key: a keyed POST beside an unkeyed one\n"
+    );
     let _ = writeln!(
         w,
         "One warm create-room, join-room and leave-room process each, invoked through the local \
