@@ -122,6 +122,7 @@ fn usage() -> ! {
          \x20            [--ringout-calls N]\n\
          \x20            [--only sizes,init,warm,counts,load,scale,ringout,events,keys]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
+         \x20    BENCH_DATABASE (the measuring database; default call_bench, call_bench_smoke),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
     );
     std::process::exit(2)
@@ -158,12 +159,14 @@ fn parse_args() -> Options {
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned()),
         redis_url: std::env::var("BENCH_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned()),
-        database: if smoke {
-            "call_bench_smoke"
-        } else {
-            "call_bench"
-        }
-        .to_owned(),
+        database: std::env::var("BENCH_DATABASE").unwrap_or_else(|_| {
+            if smoke {
+                "call_bench_smoke"
+            } else {
+                "call_bench"
+            }
+            .to_owned()
+        }),
         only: None,
         scale_rooms: if smoke { 2_000 } else { 1_000_000 },
         small_rooms: if smoke { 200 } else { 1_000 },
