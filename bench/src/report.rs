@@ -1655,12 +1655,15 @@ fn render_keys(w: &mut String, r: &Results) {
         );
     }
     if let Some((_, plain, _)) = k.steps.first() {
+        let saved = plain.median - k.replay.median;
         let _ = writeln!(
             w,
-            "| create, replayed | | {} / {} | {} against an unkeyed create |",
+            "| create, replayed | | {} / {} | {} {} than an unkeyed create ({:.2}×) |",
             fmt_us(k.replay.median),
             fmt_us(k.replay.p99),
-            fmt_us(k.replay.median - plain.median)
+            fmt_us(saved.abs()),
+            if saved >= 0.0 { "less" } else { "more" },
+            k.replay.median / plain.median
         );
     }
 }

@@ -370,11 +370,12 @@ impl Store {
 /// What an invite answers: the room, the rows it concerned and whether the room became final.
 pub type Invited = (Room, Vec<Participant>, bool);
 
+/// Renders a change's answer from the state after it, the rule's answer and whether the room
+/// became final.
+pub(super) type Render<T> = fn(&CallState, &T, bool) -> Result<StoredReply, ApiError>;
+
 /// No answer to store beside the change (a request without a key, the sweeper, webhooks).
-pub(super) fn unsealed<T>() -> Option<(
-    &'static KeyClaim,
-    fn(&CallState, &T, bool) -> Result<StoredReply, ApiError>,
-)> {
+pub(super) fn unsealed<T>() -> Option<(&'static KeyClaim, Render<T>)> {
     None
 }
 

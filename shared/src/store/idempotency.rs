@@ -249,7 +249,7 @@ pub(super) async fn store_in(
     claim: &KeyClaim,
     reply: &StoredReply,
 ) -> Result<(), TxError> {
-    if !finish(&mut **tx, claim, reply).await? {
+    if !finish(tx, claim, reply).await? {
         return Err(ApiError::IdempotencyKeyInUse.into());
     }
     Ok(())
