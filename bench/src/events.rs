@@ -39,6 +39,11 @@ impl HttpCall {
         self
     }
 
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
     pub fn json(mut self, body: &Value) -> Self {
         self.headers
             .push(("content-type".to_owned(), "application/json".to_owned()));

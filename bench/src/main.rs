@@ -6,7 +6,8 @@
 //! round trips per endpoint; peak memory; a bounded concurrent load through a local gateway,
 //! then the transactions still open on the bench database (0: every refusal rolled back);
 //! the read endpoints on 1,000,000 rooms beside 1,000 with EXPLAIN of their SQL (scale.rs);
-//! the ring-out lag of the local main job's sweeper (ringout.rs).
+//! the ring-out lag of the local main job's sweeper (ringout.rs); business events (outbox.rs);
+//! what an Idempotency-Key adds to a POST and what a replay costs (keys.rs).
 //! `--smoke` runs every phase with tiny counts and no thresholds (the test command uses it).
 
 mod counting;
@@ -14,6 +15,7 @@ mod events;
 mod fleet;
 mod gateway;
 mod http;
+mod keys;
 mod outbox;
 mod raw;
 mod report;
@@ -101,7 +103,7 @@ pub struct Options {
 const EVENT_ROUNDS: usize = 300;
 
 pub const PHASES: &[&str] = &[
-    "sizes", "init", "warm", "counts", "load", "scale", "ringout", "events", "fleet",
+    "sizes", "init", "warm", "counts", "load", "scale", "ringout", "events", "fleet", "keys",
 ];
 
 impl Options {
@@ -119,8 +121,9 @@ fn usage() -> ! {
          \x20            [--time-limit SECS] [--scale-rooms N] [--small-rooms N]\n\
          \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--scale-pool-mb N|0]\n\
          \x20            [--ringout-calls N]\n\
-         \x20            [--only sizes,init,warm,counts,load,scale,ringout,events,fleet]\n\
+         \x20            [--only sizes,init,warm,counts,load,scale,ringout,events,fleet,keys]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
+         \x20    BENCH_DATABASE (the measuring database; default call_bench, call_bench_smoke),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
     );
     std::process::exit(2)
@@ -157,12 +160,14 @@ fn parse_args() -> Options {
             .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned()),
         redis_url: std::env::var("BENCH_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".to_owned()),
-        database: if smoke {
-            "call_bench_smoke"
-        } else {
-            "call_bench"
-        }
-        .to_owned(),
+        database: std::env::var("BENCH_DATABASE").unwrap_or_else(|_| {
+            if smoke {
+                "call_bench_smoke"
+            } else {
+                "call_bench"
+            }
+            .to_owned()
+        }),
         only: None,
         scale_rooms: if smoke { 2_000 } else { 1_000_000 },
         small_rooms: if smoke { 200 } else { 1_000 },
@@ -595,6 +600,27 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             prefix: ctx.prefix.clone(),
         };
         results.events = Some(outbox::run(&events_ctx).await?);
+    }
+    if ctx.opts.runs("keys") {
+        log(format!(
+            "idempotency keys: {} rounds with and without a key",
+            ctx.opts.rounds.min(EVENT_ROUNDS)
+        ));
+        let keys_ctx = Ctx {
+            opts: Options {
+                rounds: ctx.opts.rounds.min(EVENT_ROUNDS),
+                ..ctx.opts.clone()
+            },
+            server: ctx.server.clone(),
+            db_url: ctx.db_url.clone(),
+            proxy_db_url: Box::new(|_| String::new()),
+            db_addr: ctx.db_addr.clone(),
+            auth: Auth::new(AUTH_SECRET),
+            service_token: ctx.service_token.clone(),
+            log_dir: ctx.log_dir.clone(),
+            prefix: ctx.prefix.clone(),
+        };
+        results.keys = Some(keys::run(&keys_ctx).await?);
     }
     results.finish();
 

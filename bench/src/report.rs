@@ -306,6 +306,7 @@ pub struct Results {
     pub scale: Option<ScaleOutcome>,
     pub ringout: Option<RingoutOutcome>,
     pub events: Option<crate::outbox::EventsOutcome>,
+    pub keys: Option<crate::keys::KeysOutcome>,
     pub fleet: Option<Vec<crate::fleet::FleetRun>>,
     /// Business events the load wrote (each change's, in its own transaction).
     pub load_events: Option<i64>,
@@ -380,6 +381,7 @@ impl Results {
             scale: None,
             ringout: None,
             events: None,
+            keys: None,
             fleet: None,
             load_events: None,
             elapsed_secs: 0.0,
@@ -765,6 +767,7 @@ pub fn render(r: &Results) -> String {
     render_scale(w, r);
     render_ringout(w, r);
     render_events(w, r);
+    render_keys(w, r);
     render_fleet(w, r);
     render_notes(w, r);
     if let Some(analysis) = &r.analysis {
@@ -1620,8 +1623,56 @@ fn render_events(w: &mut String, r: &Results) {
     );
 }
 
+fn render_keys(w: &mut String, r: &Results) {
+    let Some(k) = &r.keys else {
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "\n## 10. Idempotency-Key: a keyed POST beside an unkeyed one\n"
+    );
+    let _ = writeln!(
+        w,
+        "One warm create-room, join-room and leave-room process each, invoked through the local \
+         Runtime API; each round runs the call cycle (create, a second uid joins, it leaves) \
+         once without a key and once with a fresh `Idempotency-Key` on every POST, interleaved, \
+         {} rounds after {} warm-up rounds. A key adds one statement before the work (the \
+         claim, its own commit) and one UPDATE inside the change's transaction (the answer). \
+         The replay is the keyed create sent again: one statement, no transaction.\n",
+        k.rounds, r.warmup
+    );
+    let _ = writeln!(
+        w,
+        "| step | without a key p50 / p99 | with a key p50 / p99 | added (p50) |\n|---|---:|---:|---:|"
+    );
+    for (step, plain, keyed) in &k.steps {
+        let _ = writeln!(
+            w,
+            "| {step} | {} / {} | {} / {} | {} ({:.2}×) |",
+            fmt_us(plain.median),
+            fmt_us(plain.p99),
+            fmt_us(keyed.median),
+            fmt_us(keyed.p99),
+            fmt_us(keyed.median - plain.median),
+            keyed.median / plain.median
+        );
+    }
+    if let Some((_, plain, _)) = k.steps.first() {
+        let saved = plain.median - k.replay.median;
+        let _ = writeln!(
+            w,
+            "| create, replayed | | {} / {} | {} {} than an unkeyed create ({:.2}×) |",
+            fmt_us(k.replay.median),
+            fmt_us(k.replay.p99),
+            fmt_us(saved.abs()),
+            if saved >= 0.0 { "less" } else { "more" },
+            k.replay.median / plain.median
+        );
+    }
+}
+
 fn render_fleet(w: &mut String, r: &Results) {
-    let _ = writeln!(w, "\n## 10. The fleet: more instances than connections\n");
+    let _ = writeln!(w, "\n## 11. The fleet: more instances than connections\n");
     let Some(runs) = &r.fleet else {
         let _ = writeln!(
             w,

@@ -60,6 +60,8 @@ pub struct Config {
     /// (EventBridge invokes it once a minute); None: one sweep per invocation.
     pub sweep_loop: Option<Duration>,
     pub rate_limits: RateLimits,
+    /// How long an Idempotency-Key's answer is kept for retries.
+    pub idempotency_ttl: Duration,
     pub secrets_arn: Option<String>,
     /// Where business events are delivered (EVENT_ENDPOINTS); empty: the pull feed only.
     pub event_endpoints: Vec<EventEndpoint>,
@@ -146,6 +148,7 @@ impl std::fmt::Debug for Config {
             .field("solo_timeout", &self.solo_timeout)
             .field("sweep_loop", &self.sweep_loop)
             .field("rate_limits", &self.rate_limits)
+            .field("idempotency_ttl", &self.idempotency_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +249,13 @@ impl Config {
         let max_call = number("MAX_CALL_SECONDS", 0)?;
         let solo_timeout = number("SOLO_TIMEOUT_SECONDS", 0)?;
         let sweep_loop = number("SWEEP_LOOP_SECONDS", 0)?;
+        let idempotency_ttl = number("IDEMPOTENCY_KEY_TTL_SECONDS", 86_400)?;
+        if !(1..=2_592_000).contains(&idempotency_ttl) {
+            return Err(ConfigError::Malformed {
+                name: "IDEMPOTENCY_KEY_TTL_SECONDS",
+                reason: "must be between 1 and 2592000 (30 days)".into(),
+            });
+        }
         if sweep_loop > 840 {
             return Err(ConfigError::Malformed {
                 name: "SWEEP_LOOP_SECONDS",
@@ -325,6 +335,7 @@ impl Config {
                 join_per_min: rate("RATE_LIMIT_JOIN_PER_MIN", 120)?,
                 invite_per_min: rate("RATE_LIMIT_INVITE_PER_MIN", 60)?,
             },
+            idempotency_ttl: Duration::from_secs(idempotency_ttl),
             secrets_arn: get("SECRETS_ARN"),
             event_endpoints,
             delivery,

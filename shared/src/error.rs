@@ -44,6 +44,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("rate limited, retry after {retry_after_secs}s")]
     RateLimited { retry_after_secs: u64 },
+    #[error("idempotency key reused for another request")]
+    IdempotencyKeyReused,
+    #[error("a request with this idempotency key is still in progress")]
+    IdempotencyKeyInUse,
     #[error("service unavailable: {0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -69,8 +73,10 @@ impl ApiError {
             | ApiError::ParticipantInCall { .. }
             | ApiError::RoomNotActive
             | ApiError::RoomFull
-            | ApiError::InvalidTransition { .. } => 409,
+            | ApiError::InvalidTransition { .. }
+            | ApiError::IdempotencyKeyInUse => 409,
             ApiError::PayloadTooLarge => 413,
+            ApiError::IdempotencyKeyReused => 422,
             ApiError::RateLimited { .. } => 429,
             ApiError::ServiceUnavailable(_) => 503,
             ApiError::Internal(_) => 500,
@@ -82,9 +88,33 @@ impl ApiError {
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            ApiError::ServiceUnavailable(_) => Some(SERVICE_UNAVAILABLE_RETRY_AFTER_SECS),
+            ApiError::ServiceUnavailable(_) | ApiError::IdempotencyKeyInUse => {
+                Some(SERVICE_UNAVAILABLE_RETRY_AFTER_SECS)
+            }
             _ => None,
         }
+    }
+
+    /// A refusal decided by the call's state inside its transaction (or by a stored record):
+    /// what a retry of the same keyed request must hear again. Every other failure (input,
+    /// auth, rate limit, outage, a key conflict) leaves the key free for a retry.
+    pub fn is_stored_for_retries(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Forbidden
+                | ApiError::RoomAlreadyExists
+                | ApiError::ChannelHasActiveRoom { .. }
+                | ApiError::CreatorInAnotherCall
+                | ApiError::ParticipantInCall { .. }
+                | ApiError::RoomNotFound
+                | ApiError::RoomNotActive
+                | ApiError::RoomFull
+                | ApiError::ParticipantNotInvited
+                | ApiError::ParticipantRemoved
+                | ApiError::ParticipantNotFound
+                | ApiError::EventNotFound
+                | ApiError::InvalidTransition { .. }
+        )
     }
 
     /// One error of every kind (a new variant joins this list): the API document lists their
@@ -112,6 +142,8 @@ impl ApiError {
             ApiError::RateLimited {
                 retry_after_secs: 1,
             },
+            ApiError::IdempotencyKeyReused,
+            ApiError::IdempotencyKeyInUse,
             ApiError::ServiceUnavailable(String::new()),
             ApiError::Internal(String::new()),
         ]
@@ -137,6 +169,8 @@ impl ApiError {
             ApiError::InvalidTransition { .. } => "invalid_transition",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyKeyInUse => "idempotency_key_in_use",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -189,6 +223,14 @@ impl ApiError {
             ApiError::RateLimited { .. } => (
                 "请求过于频繁，请稍后再试",
                 "Too many requests, try again later",
+            ),
+            ApiError::IdempotencyKeyReused => (
+                "该幂等键已用于另一个请求",
+                "This Idempotency-Key was already used for a different request",
+            ),
+            ApiError::IdempotencyKeyInUse => (
+                "使用该幂等键的请求仍在处理中，请稍后重试",
+                "A request with this Idempotency-Key is still in progress, retry shortly",
             ),
             ApiError::ServiceUnavailable(_) => (
                 "服务暂时不可用，请稍后重试",
@@ -250,7 +292,7 @@ mod tests {
             listed,
             "one of each kind, each with its own key"
         );
-        assert_eq!(listed, 19);
+        assert_eq!(listed, 21);
     }
 
     #[test]

@@ -14,14 +14,27 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::i18n::Lang;
+use crate::store::StoredReply;
 
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A success: the envelope with a message in both languages, or a bare body (health). The
 /// envelope's data is serialised once, straight to JSON text, not through a `Value` tree.
 pub enum Success {
-    Envelope { msg: msg::Pair, data: Box<RawValue> },
-    Bare { status: u16, body: Value },
+    Envelope {
+        msg: msg::Pair,
+        data: Box<RawValue>,
+    },
+    Bare {
+        status: u16,
+        body: Value,
+    },
+    /// An answer already rendered and stored with an Idempotency-Key; `replayed` when it is
+    /// a retry's copy of the first answer.
+    Stored {
+        reply: StoredReply,
+        replayed: bool,
+    },
 }
 
 /// The seed's success envelope.
@@ -107,9 +120,16 @@ where
     };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let _entered = span.enter();
-    let (status, body, retry_after) = match outcome.and_then(|success| render(success, lang)) {
-        Ok((status, body)) => {
-            tracing::info!(status, elapsed_ms, "ok");
+    let mut replayed = false;
+    let rendered = outcome.and_then(|success| {
+        if let Success::Stored { replayed: true, .. } = success {
+            replayed = true;
+        }
+        render(success, lang)
+    });
+    let (status, body, retry_after) = match rendered {
+        Ok(StoredReply { status, body }) => {
+            tracing::info!(status, elapsed_ms, replayed, "ok");
             // A bare 503 (health with the database away) says when to look again, too.
             let retry_after =
                 (status == 503).then_some(crate::error::SERVICE_UNAVAILABLE_RETRY_AFTER_SECS);
@@ -131,13 +151,20 @@ where
     if let Some(secs) = retry_after {
         response = response.header("retry-after", secs.to_string());
     }
+    if replayed {
+        response = response.header(crate::idempotency::REPLAYED_HEADER, "true");
+    }
     Ok(response.body(Body::Text(body))?)
 }
 
 /// A success as its status and JSON text.
-fn render(success: Success, lang: Lang) -> Result<(u16, String), ApiError> {
+pub fn render(success: Success, lang: Lang) -> Result<StoredReply, ApiError> {
     match success {
-        Success::Bare { status, body } => Ok((status, body.to_string())),
+        Success::Bare { status, body } => Ok(StoredReply {
+            status,
+            body: body.to_string(),
+        }),
+        Success::Stored { reply, .. } => Ok(reply),
         Success::Envelope { msg, data } => {
             let envelope = Envelope {
                 code: 0,
@@ -146,7 +173,7 @@ fn render(success: Success, lang: Lang) -> Result<(u16, String), ApiError> {
             };
             let body =
                 serde_json::to_string(&envelope).map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok((200, body))
+            Ok(StoredReply { status: 200, body })
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod i18n;
+pub mod idempotency;
 pub mod livekit;
 pub mod model;
 pub mod openapi;

@@ -98,8 +98,11 @@ pub fn document() -> Value {
             let Some(item) = item.as_object_mut() else {
                 continue;
             };
-            for operation in item.values_mut() {
+            for (method, operation) in item.iter_mut() {
                 complete_operation(operation);
+                if method == "post" {
+                    accept_idempotency_key(operation);
+                }
             }
         }
     }
@@ -198,6 +201,74 @@ fn document_retry_after(operation: &mut Value) {
             });
         }
     }
+}
+
+const IDEMPOTENCY_DESCRIPTION: &str = "Optional. A key the client chooses for this request \
+(an RFC 8941 quoted string of 1-255 printable ASCII characters, e.g. \
+`\"8e03978e-40d5-43e8-bc93-6894a57f9324\"`), scoped to the caller (token `sub` and role) and the \
+route. The first request with a key stores its answer (status and body) in the same \
+transaction as its change; a retry with the same key and the same request (method, path, \
+body as canonical JSON) gets that answer again with `Idempotent-Replayed: true`, and changes \
+nothing. Refusals decided by the call's state (403, 404, 409) are stored too; input errors \
+(400), rate limits (429) and outages (503) are not, so a retry can succeed. Keys expire \
+24 hours after their first request (IDEMPOTENCY_KEY_TTL_SECONDS).";
+
+/// Every POST but LiveKit's webhook (which dedups by LiveKit's event id) takes an optional
+/// Idempotency-Key (crate::idempotency) and may answer its two refusals.
+fn accept_idempotency_key(operation: &mut Value) {
+    let tags = operation["tags"].as_array().cloned().unwrap_or_default();
+    if tags.iter().any(|t| t == "livekit" || t == "service") {
+        return;
+    }
+    let header = json!({
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": false,
+        "description": IDEMPOTENCY_DESCRIPTION,
+        "schema": {
+            "type": "string",
+            "pattern": r#"^"([\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\]){1,255}"$"#,
+            "maxLength": 512,
+        },
+    });
+    match operation
+        .get_mut("parameters")
+        .and_then(Value::as_array_mut)
+    {
+        Some(params) => params.push(header),
+        None => operation["parameters"] = json!([header]),
+    }
+    let Some(responses) = operation["responses"].as_object_mut() else {
+        return;
+    };
+    if let Some(ok) = responses.get_mut("200") {
+        ok["headers"] = json!({
+            "Idempotent-Replayed": {
+                "description": "`true` when this is the stored answer of an earlier request \
+                    with the same Idempotency-Key.",
+                "schema": { "type": "string", "enum": ["true"] },
+            }
+        });
+    }
+    let in_use = "idempotency_key_in_use: a request with this Idempotency-Key is still in \
+        progress (Retry-After)";
+    match responses.get_mut("409") {
+        Some(conflict) => {
+            let described = conflict["description"].as_str().unwrap_or_default();
+            conflict["description"] = json!(format!("{described}; {in_use}"));
+        }
+        None => {
+            let mut conflict = json!({ "description": in_use });
+            attach_error_body(&mut conflict);
+            responses.insert("409".into(), conflict);
+        }
+    }
+    let mut reused = json!({
+        "description": "idempotency_key_reused: this Idempotency-Key was used for a different \
+            request (another body or path)."
+    });
+    attach_error_body(&mut reused);
+    responses.insert("422".into(), reused);
 }
 
 /// utoipa 5.5 writes a link's fields in snake case; the specification's are camel case.

@@ -1,9 +1,10 @@
 //! The sweeper (the ring-timeout function): writes down every deadline that has passed (ring
 //! outs, rooms nobody can answer, solo and longest-call timeouts), ends calls LiveKit no longer
-//! has, retries LiveKit teardowns and removals, purges old webhook ids. Bounded work per run,
-//! oldest first, each room changed under the same lock and rules as a request, so two
-//! overlapping runs are harmless. Reads and actions already see a passed deadline the second
-//! it passes; the sweep makes it durable (and, later, tells the app backend).
+//! has, retries LiveKit teardowns and removals, purges old webhook ids and expired
+//! idempotency keys. Bounded work per run, oldest first, each room changed under the same lock
+//! and rules as a request, so two overlapping runs are harmless. Reads and actions already see
+//! a passed deadline the second it passes; the sweep makes it durable (and, later, tells the
+//! app backend).
 
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct SweepReport {
     pub removals_done: usize,
     pub removals_failed: usize,
     pub webhook_ids_purged: u64,
+    /// Idempotency keys past their TTL, deleted in batches.
+    pub idempotency_keys_purged: u64,
     /// Cached rooms dropped for commits that could not drop them (Redis was away).
     pub cache_forgets_replayed: usize,
     /// Sweeps run (more than one when the sweeper loops) and those that failed.
@@ -50,6 +53,7 @@ impl SweepReport {
         self.removals_done += other.removals_done;
         self.removals_failed += other.removals_failed;
         self.webhook_ids_purged += other.webhook_ids_purged;
+        self.idempotency_keys_purged += other.idempotency_keys_purged;
         self.cache_forgets_replayed += other.cache_forgets_replayed;
     }
 }
@@ -218,6 +222,7 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
         .store
         .purge_webhook_events(before(now, WEBHOOK_ID_RETENTION))
         .await?;
+    report.idempotency_keys_purged = app.store.purge_idempotency_keys(now).await?;
     // Locally the sweep runs every second: only a sweep that did something is worth a line.
     if report == SweepReport::default() {
         tracing::debug!("sweep: nothing to do");

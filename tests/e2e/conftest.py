@@ -112,6 +112,7 @@ SERVICE_TABLES = (
     "event_endpoint",
     "event_attempt",
     "cache_invalidation",
+    "idempotency_key",
 )
 
 # MariaDB refreshes information_schema.innodb_trx only after 0.1 s without a reader; a look

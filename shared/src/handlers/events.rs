@@ -12,6 +12,7 @@ use crate::delivery::DeliveryReport;
 use crate::error::ApiError;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, path_param, query_param, respond};
+use crate::idempotency::keyed;
 use crate::model::Now;
 use crate::store::{EventAttempt, FeedCursor, StoredEvent};
 use crate::validate;
@@ -162,14 +163,20 @@ pub async fn get_event(app: &App, req: Request) -> Result<Response<Body>, Error>
 )]
 pub async fn redeliver_event(app: &App, req: Request) -> Result<Response<Body>, Error> {
     respond("redeliver-event", &req, async {
-        app.caller(&req)?.must_be_service()?;
-        let event = stored_event(app, &req).await?;
-        let report = app.delivery.redeliver(&app.store, &event).await?;
-        let event = app.store.event(&event.event_id).await?.unwrap_or(event);
-        ok(
-            msg::EVENT_REDELIVERED,
-            details(app, event, Some(report)).await?,
-        )
+        let caller = app.caller(&req)?;
+        caller.must_be_service()?;
+        // A redelivery is an HTTP call, not a transaction: with a key, its report is stored
+        // once it is known, and a retry hears it instead of sending the event once more.
+        keyed(app, &req, routes::EVENT_REDELIVER, &caller, async |_| {
+            let event = stored_event(app, &req).await?;
+            let report = app.delivery.redeliver(&app.store, &event).await?;
+            let event = app.store.event(&event.event_id).await?.unwrap_or(event);
+            ok(
+                msg::EVENT_REDELIVERED,
+                details(app, event, Some(report)).await?,
+            )
+        })
+        .await
     })
     .await
 }

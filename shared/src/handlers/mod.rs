@@ -25,6 +25,8 @@ pub use webhook::livekit_webhook;
 /// Route patterns, as API Gateway and the local router know them.
 pub mod routes {
     pub const ROOMS: &str = "/api/rooms";
+    pub const JOIN: &str = "/api/participants/join";
+    pub const LEAVE: &str = "/api/participants/leave";
     pub const ROOM: &str = "/api/rooms/{room_name}";
     pub const ROOM_STATUS: &str = "/api/rooms/{room_name}/status";
     pub const ROOM_END: &str = "/api/rooms/{room_name}/end";

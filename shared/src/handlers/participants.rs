@@ -5,9 +5,11 @@ use crate::app::{App, Limited};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::handlers::routes;
-use crate::http::{msg, note, ok, parse_json, path_param, respond};
+use crate::http::{Success, msg, note, ok, parse_json, path_param, respond};
+use crate::idempotency::keyed;
 use crate::model::{Now, Participant, ParticipantStatus};
 use crate::rules::{Action, CallState};
+use crate::store::{ActionResult, Invited};
 use crate::validate;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -92,37 +94,48 @@ pub async fn join_room(app: &App, req: Request) -> Result<Response<Body>, Error>
         let body = parse_json::<RoomAndUid>(&req)?.validated()?;
         note(&body.room_name, Some(&body.uid));
         caller.may_act_as(&body.uid)?;
-        app.rate_limit(Limited::Join, caller.acting_uid(&body.uid))
-            .await?;
-        let result = app
-            .store
-            .participant_action(
-                &body.room_name,
-                &body.uid,
-                Action::Join,
-                Now::current(),
-                |_| Ok(()),
-            )
-            .await;
-        let result = app.forget_on_failure(&body.room_name, result).await?;
-        app.after_change(&body.room_name, result.changed, result.finalised)
-            .await;
-        let token = app.livekit.token(&result.room, &body.uid)?;
-        let row = &result.participant;
-        ok(
-            msg::JOINED,
-            Joined {
-                id: row.id,
-                room_name: &row.room_name,
-                uid: &row.uid,
-                token,
-                status: row.status,
-                livekit_url: &app.livekit.client_url,
-                join_time: row.join_time,
-            },
-        )
+        keyed(app, &req, routes::JOIN, &caller, async |key| {
+            app.rate_limit(Limited::Join, caller.acting_uid(&body.uid))
+                .await?;
+            let reply = |r: &ActionResult| key.render(joined(app, r, &body.uid));
+            let result = app
+                .store
+                .participant_action_sealed(
+                    &body.room_name,
+                    &body.uid,
+                    Action::Join,
+                    Now::current(),
+                    |_| Ok(()),
+                    key.seal(&reply),
+                )
+                .await;
+            let (result, sealed) = app.forget_on_failure(&body.room_name, result).await?;
+            app.after_change(&body.room_name, result.changed, result.finalised)
+                .await;
+            key.answer(sealed, || joined(app, &result, &body.uid))
+        })
+        .await
     })
     .await
+}
+
+/// Join's answer, with a token minted here (so a keyed request stores the very token it hands
+/// out).
+fn joined(app: &App, result: &ActionResult, uid: &str) -> Result<Success, ApiError> {
+    let token = app.livekit.token(&result.room, uid)?;
+    let row = &result.participant;
+    ok(
+        msg::JOINED,
+        Joined {
+            id: row.id,
+            room_name: &row.room_name,
+            uid: &row.uid,
+            token,
+            status: row.status,
+            livekit_url: &app.livekit.client_url,
+            join_time: row.join_time,
+        },
+    )
 }
 
 /// Leave a room
@@ -145,20 +158,25 @@ pub async fn leave_room(app: &App, req: Request) -> Result<Response<Body>, Error
         let body = parse_json::<RoomAndUid>(&req)?.validated()?;
         note(&body.room_name, Some(&body.uid));
         caller.may_act_as(&body.uid)?;
-        let result = app
-            .store
-            .participant_action(
-                &body.room_name,
-                &body.uid,
-                Action::Leave,
-                Now::current(),
-                |_| Ok(()),
-            )
-            .await;
-        let result = app.forget_on_failure(&body.room_name, result).await?;
-        app.after_change(&body.room_name, result.changed, result.finalised)
-            .await;
-        ok(msg::LEFT, result.participant)
+        keyed(app, &req, routes::LEAVE, &caller, async |key| {
+            let reply = |r: &ActionResult| key.render(ok(msg::LEFT, &r.participant));
+            let result = app
+                .store
+                .participant_action_sealed(
+                    &body.room_name,
+                    &body.uid,
+                    Action::Leave,
+                    Now::current(),
+                    |_| Ok(()),
+                    key.seal(&reply),
+                )
+                .await;
+            let (result, sealed) = app.forget_on_failure(&body.room_name, result).await?;
+            app.after_change(&body.room_name, result.changed, result.finalised)
+                .await;
+            key.answer(sealed, || ok(msg::LEFT, &result.participant))
+        })
+        .await
     })
     .await
 }
@@ -221,18 +239,26 @@ pub async fn invite_participants(app: &App, req: Request) -> Result<Response<Bod
             return Err(ApiError::invalid("uids must name 1-100 people"));
         }
         validate::names("uids", &body.uids)?;
-        // A user is counted as itself; a service, which acts for the creator, per room.
-        app.rate_limit(Limited::Invite, caller.uid().unwrap_or(&room_name))
-            .await?;
-        let invited = app
-            .store
-            .invite(&room_name, &body.uids, Now::current(), |state| {
-                caller.may_manage(&state.room.creator)
-            })
-            .await;
-        let (_, rows, finalised) = app.forget_on_failure(&room_name, invited).await?;
-        app.after_change(&room_name, true, finalised).await;
-        ok(msg::INVITED, rows)
+        keyed(app, &req, routes::ROOM_INVITE, &caller, async |key| {
+            // A user is counted as itself; a service, which acts for the creator, per room.
+            app.rate_limit(Limited::Invite, caller.uid().unwrap_or(&room_name))
+                .await?;
+            let reply = |(_, rows, _): &Invited| key.render(ok(msg::INVITED, rows));
+            let invited = app
+                .store
+                .invite_sealed(
+                    &room_name,
+                    &body.uids,
+                    Now::current(),
+                    |state| caller.may_manage(&state.room.creator),
+                    key.seal(&reply),
+                )
+                .await;
+            let ((_, rows, finalised), sealed) = app.forget_on_failure(&room_name, invited).await?;
+            app.after_change(&room_name, true, finalised).await;
+            key.answer(sealed, || ok(msg::INVITED, &rows))
+        })
+        .await
     })
     .await
 }
@@ -307,19 +333,35 @@ pub async fn remove_participant(app: &App, req: Request) -> Result<Response<Body
         let room_name = path_param(&req, routes::PARTICIPANT_REMOVE, "room_name")?;
         let uid = path_param(&req, routes::PARTICIPANT_REMOVE, "uid")?;
         note(&room_name, Some(&uid));
-        let result = app
-            .store
-            .participant_action(&room_name, &uid, Action::Remove, Now::current(), |state| {
-                caller.may_manage(&state.room.creator)
-            })
-            .await;
-        let result = app.forget_on_failure(&room_name, result).await?;
-        app.after_change(&room_name, result.changed, result.finalised)
-            .await;
-        if result.changed {
-            app.remove_from_livekit(&room_name, &uid).await;
-        }
-        ok(msg::PARTICIPANT_REMOVED, result.participant)
+        keyed(
+            app,
+            &req,
+            routes::PARTICIPANT_REMOVE,
+            &caller,
+            async |key| {
+                let reply =
+                    |r: &ActionResult| key.render(ok(msg::PARTICIPANT_REMOVED, &r.participant));
+                let result = app
+                    .store
+                    .participant_action_sealed(
+                        &room_name,
+                        &uid,
+                        Action::Remove,
+                        Now::current(),
+                        |state| caller.may_manage(&state.room.creator),
+                        key.seal(&reply),
+                    )
+                    .await;
+                let (result, sealed) = app.forget_on_failure(&room_name, result).await?;
+                app.after_change(&room_name, result.changed, result.finalised)
+                    .await;
+                if result.changed {
+                    app.remove_from_livekit(&room_name, &uid).await;
+                }
+                key.answer(sealed, || ok(msg::PARTICIPANT_REMOVED, &result.participant))
+            },
+        )
+        .await
     })
     .await
 }

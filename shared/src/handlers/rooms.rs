@@ -5,10 +5,11 @@ use crate::app::{App, Limited};
 use crate::cache::CachedRoom;
 use crate::error::ApiError;
 use crate::handlers::routes;
-use crate::http::{msg, note, ok, parse_json, path_param, query_param, respond};
+use crate::http::{Success, msg, note, ok, parse_json, path_param, query_param, respond};
+use crate::idempotency::keyed;
 use crate::model::{CallLimits, Now, Room, RoomStatus};
-use crate::rules;
-use crate::store::{ListedRooms, NewRoom, RoomFilter};
+use crate::rules::{self, CallState};
+use crate::store::{ListedRooms, NewRoom, RoomFilter, RoomResult};
 use crate::validate;
 
 /// The seed's fields, then the call's limits (each optional, defaults from configuration).
@@ -158,35 +159,45 @@ pub async fn create_room(app: &App, req: Request) -> Result<Response<Body>, Erro
         if uids.len() > validate::LIMIT_MAX as usize {
             return Err(ApiError::invalid("uids may name at most 100 people"));
         }
-        app.rate_limit(Limited::Create, caller.acting_uid(&new.creator))
-            .await?;
         let invitees = rules::invitees(&new.creator, &uids);
-        let state = app
-            .store
-            .create_room(&new, &invitees, Now::current())
-            .await?;
-        // room.created and the invites reach the app backend before the creator hears back.
-        app.deliver_events(std::slice::from_ref(&state.room.room_name))
-            .await;
-        let token = app.livekit.token(&state.room, &new.creator)?;
-        ok(
-            msg::ROOM_CREATED,
-            Created {
-                id: state.room.id,
-                room_name: &state.room.room_name,
-                token,
-                livekit_url: &app.livekit.client_url,
-                status: state.room.status,
-                created_at: state.room.created_at,
-                max_participants: state.room.max_participants,
-                ring_timeout_seconds: state.room.ring_timeout_seconds,
-                max_duration_seconds: state.room.max_duration_seconds,
-                solo_timeout_seconds: state.room.solo_timeout_seconds,
-                participants: &state.rows,
-            },
-        )
+        keyed(app, &req, routes::ROOMS, &caller, async |key| {
+            app.rate_limit(Limited::Create, caller.acting_uid(&new.creator))
+                .await?;
+            let reply = |state: &CallState| key.render(created(app, state, &new.creator));
+            let (state, sealed) = app
+                .store
+                .create_room_sealed(&new, &invitees, Now::current(), key.seal(&reply))
+                .await?;
+            // room.created and the invites reach the app backend before the creator hears back.
+            app.deliver_events(std::slice::from_ref(&state.room.room_name))
+                .await;
+            key.answer(sealed, || created(app, &state, &new.creator))
+        })
+        .await
     })
     .await
+}
+
+/// Create's answer: the room, the creator's token (minted here, so a keyed request stores the
+/// very token it hands out) and every row.
+fn created(app: &App, state: &CallState, creator: &str) -> Result<Success, ApiError> {
+    let token = app.livekit.token(&state.room, creator)?;
+    ok(
+        msg::ROOM_CREATED,
+        Created {
+            id: state.room.id,
+            room_name: &state.room.room_name,
+            token,
+            livekit_url: &app.livekit.client_url,
+            status: state.room.status,
+            created_at: state.room.created_at,
+            max_participants: state.room.max_participants,
+            ring_timeout_seconds: state.room.ring_timeout_seconds,
+            max_duration_seconds: state.room.max_duration_seconds,
+            solo_timeout_seconds: state.room.solo_timeout_seconds,
+            participants: &state.rows,
+        },
+    )
 }
 
 fn new_room(app: &App, body: &CreateRoom) -> Result<NewRoom, ApiError> {
@@ -422,16 +433,23 @@ pub async fn end_room(app: &App, req: Request) -> Result<Response<Body>, Error> 
         let caller = app.caller(&req)?;
         let room_name = path_param(&req, routes::ROOM_END, "room_name")?;
         note(&room_name, caller.uid());
-        let result = app
-            .store
-            .end_room(&room_name, Now::current(), |state| {
-                caller.may_manage(&state.room.creator)
-            })
-            .await;
-        let result = app.forget_on_failure(&room_name, result).await?;
-        app.after_change(&room_name, result.changed, result.finalised)
-            .await;
-        ok(msg::ROOM_ENDED, result.room)
+        keyed(app, &req, routes::ROOM_END, &caller, async |key| {
+            let reply = |r: &RoomResult| key.render(ok(msg::ROOM_ENDED, &r.room));
+            let result = app
+                .store
+                .end_room_sealed(
+                    &room_name,
+                    Now::current(),
+                    |state| caller.may_manage(&state.room.creator),
+                    key.seal(&reply),
+                )
+                .await;
+            let (result, sealed) = app.forget_on_failure(&room_name, result).await?;
+            app.after_change(&room_name, result.changed, result.finalised)
+                .await;
+            key.answer(sealed, || ok(msg::ROOM_ENDED, &result.room))
+        })
+        .await
     })
     .await
 }

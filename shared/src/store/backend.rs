@@ -107,6 +107,12 @@ mod mysql {
          owed_since) VALUES (?, 1, ?) ON DUPLICATE KEY UPDATE misses = misses + 1";
     pub const INSERT_REMOVAL: &str = "INSERT IGNORE INTO livekit_removal \
          (room_name, uid, attempts, created_at) VALUES (?, ?, 0, ?)";
+    /// A key row in flight, unless the key already has one.
+    pub const CLAIM_KEY: &str = "INSERT IGNORE INTO idempotency_key (scope, fingerprint, \
+         lease_token, lease_until, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)";
+    /// One batch of expired key rows, oldest first (through ix_idempotency_key_expires).
+    pub const PURGE_KEYS: &str =
+        "DELETE FROM idempotency_key WHERE expires_at < ? ORDER BY expires_at LIMIT ?";
 
     pub fn last_insert_id(result: &sqlx::mysql::MySqlQueryResult) -> i64 {
         result.last_insert_id() as i64
@@ -193,6 +199,11 @@ mod sqlite {
          owed_since) VALUES (?, 1, ?) ON CONFLICT (room_name) DO UPDATE SET misses = misses + 1";
     pub const INSERT_REMOVAL: &str = "INSERT OR IGNORE INTO livekit_removal \
          (room_name, uid, attempts, created_at) VALUES (?, ?, 0, ?)";
+    pub const CLAIM_KEY: &str = "INSERT OR IGNORE INTO idempotency_key (scope, fingerprint, \
+         lease_token, lease_until, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)";
+    /// SQLite's DELETE takes no LIMIT (unless built for it): the batch is chosen by a subquery.
+    pub const PURGE_KEYS: &str = "DELETE FROM idempotency_key WHERE scope IN (SELECT scope \
+         FROM idempotency_key WHERE expires_at < ? ORDER BY expires_at LIMIT ?)";
 
     pub fn last_insert_id(result: &sqlx::sqlite::SqliteQueryResult) -> i64 {
         result.last_insert_rowid()

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 
+use super::idempotency::{seal, store_in};
 use super::*;
 
 impl Store {
@@ -12,10 +13,24 @@ impl Store {
         invitees: &[String],
         now: Now,
     ) -> Result<CallState, ApiError> {
+        Ok(self.create_room_sealed(new, invitees, now, None).await?.0)
+    }
+
+    /// [`Store::create_room`], storing a keyed request's answer in the same transaction.
+    pub async fn create_room_sealed(
+        &self,
+        new: &NewRoom,
+        invitees: &[String],
+        now: Now,
+        sealing: Option<Seal<'_, CallState>>,
+    ) -> Result<(CallState, Option<StoredReply>), ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
                 let created = in_transaction(conn, async |tx| {
-                    insert_call(tx, new, invitees, now, self.teardown, &self.outbox).await
+                    let state =
+                        insert_call(tx, new, invitees, now, self.teardown, &self.outbox).await?;
+                    let reply = seal(tx, sealing, &state).await?;
+                    Ok((state, reply))
                 })
                 .await;
                 match created {
@@ -44,6 +59,23 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<ActionResult, ApiError> {
+        let done = self
+            .participant_action_sealed(room_name, uid, action, now, guard, None)
+            .await?;
+        Ok(done.0)
+    }
+
+    /// [`Store::participant_action`], storing a keyed request's answer in the same
+    /// transaction.
+    pub async fn participant_action_sealed(
+        &self,
+        room_name: &str,
+        uid: &str,
+        action: Action,
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+        sealing: Option<Seal<'_, ActionResult>>,
+    ) -> Result<(ActionResult, Option<StoredReply>), ApiError> {
         // Ringing again records a uid live elsewhere as busy, so it needs to know.
         let ring_target = [uid.to_owned()];
         let change = Change {
@@ -59,21 +91,33 @@ impl Store {
             teardown: true,
             now,
         };
-        let (state, applied, finalised) = self
-            .change_call(change, |state, busy| {
-                guard(state)?;
-                match action {
-                    Action::RingAgain => rules::ring_again(state, uid, busy.contains(uid), now),
-                    _ => rules::apply_action(state, uid, action, now),
-                }
-            })
-            .await?;
-        Ok(ActionResult {
+        let result = |state: &CallState, applied: &rules::Applied, finalised: bool| ActionResult {
             participant: state.rows[applied.row].clone(),
             changed: applied.changed || state.is_changed(),
-            room: state.room,
+            room: state.room.clone(),
             finalised,
-        })
+        };
+        let (state, applied, finalised, reply) = self
+            .change_call(
+                change,
+                |state, busy| {
+                    guard(state)?;
+                    match action {
+                        Action::RingAgain => rules::ring_again(state, uid, busy.contains(uid), now),
+                        _ => rules::apply_action(state, uid, action, now),
+                    }
+                },
+                sealing.map(|s| {
+                    (
+                        s.claim,
+                        move |state: &CallState, applied: &rules::Applied, finalised: bool| {
+                            (s.reply)(&result(state, applied, finalised))
+                        },
+                    )
+                }),
+            )
+            .await?;
+        Ok((result(&state, &applied, finalised), reply))
     }
 
     /// Ring each uid again; uids live in another call are recorded as busy.
@@ -83,7 +127,22 @@ impl Store {
         uids: &[String],
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
-    ) -> Result<(Room, Vec<Participant>, bool), ApiError> {
+    ) -> Result<Invited, ApiError> {
+        Ok(self
+            .invite_sealed(room_name, uids, now, guard, None)
+            .await?
+            .0)
+    }
+
+    /// [`Store::invite`], storing a keyed request's answer in the same transaction.
+    pub async fn invite_sealed(
+        &self,
+        room_name: &str,
+        uids: &[String],
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+        sealing: Option<Seal<'_, Invited>>,
+    ) -> Result<(Invited, Option<StoredReply>), ApiError> {
         let change = Change {
             room_name,
             check_busy: uids,
@@ -91,14 +150,28 @@ impl Store {
             teardown: true,
             now,
         };
-        let (state, concerned, finalised) = self
-            .change_call(change, |state, busy| {
-                guard(state)?;
-                rules::invite(state, uids, busy, now)
-            })
+        let result = |state: &CallState, concerned: &Vec<usize>, finalised: bool| {
+            let rows = concerned.iter().map(|i| state.rows[*i].clone()).collect();
+            (state.room.clone(), rows, finalised)
+        };
+        let (state, concerned, finalised, reply) = self
+            .change_call(
+                change,
+                |state, busy| {
+                    guard(state)?;
+                    rules::invite(state, uids, busy, now)
+                },
+                sealing.map(|s| {
+                    (
+                        s.claim,
+                        move |state: &CallState, concerned: &Vec<usize>, finalised| {
+                            (s.reply)(&result(state, concerned, finalised))
+                        },
+                    )
+                }),
+            )
             .await?;
-        let rows = concerned.iter().map(|i| state.rows[*i].clone()).collect();
-        Ok((state.room, rows, finalised))
+        Ok((result(&state, &concerned, finalised), reply))
     }
 
     pub async fn end_room(
@@ -107,10 +180,26 @@ impl Store {
         now: Now,
         guard: impl Fn(&CallState) -> Result<(), ApiError>,
     ) -> Result<RoomResult, ApiError> {
-        self.room_change(room_name, now, |state| {
-            guard(state)?;
-            Ok(rules::end(state, EndReason::EndedByApi, now))
-        })
+        Ok(self.end_room_sealed(room_name, now, guard, None).await?.0)
+    }
+
+    /// [`Store::end_room`], storing a keyed request's answer in the same transaction.
+    pub async fn end_room_sealed(
+        &self,
+        room_name: &str,
+        now: Now,
+        guard: impl Fn(&CallState) -> Result<(), ApiError>,
+        sealing: Option<Seal<'_, RoomResult>>,
+    ) -> Result<(RoomResult, Option<StoredReply>), ApiError> {
+        self.room_change_sealed(
+            room_name,
+            now,
+            |state| {
+                guard(state)?;
+                Ok(rules::end(state, EndReason::EndedByApi, now))
+            },
+            sealing,
+        )
         .await
     }
 
@@ -134,6 +223,19 @@ impl Store {
         now: Now,
         change: impl Fn(&mut CallState) -> Result<bool, ApiError>,
     ) -> Result<RoomResult, ApiError> {
+        Ok(self
+            .room_change_sealed(room_name, now, change, None)
+            .await?
+            .0)
+    }
+
+    async fn room_change_sealed(
+        &self,
+        room_name: &str,
+        now: Now,
+        change: impl Fn(&mut CallState) -> Result<bool, ApiError>,
+        sealing: Option<Seal<'_, RoomResult>>,
+    ) -> Result<(RoomResult, Option<StoredReply>), ApiError> {
         let spec = Change {
             room_name,
             check_busy: &[],
@@ -141,108 +243,140 @@ impl Store {
             teardown: true,
             now,
         };
-        let (state, changed, finalised) = self.change_call(spec, |state, _| change(state)).await?;
-        Ok(RoomResult {
-            changed: changed || state.is_changed(),
-            room: state.room,
+        let result = |state: &CallState, changed: &bool, finalised: bool| RoomResult {
+            changed: *changed || state.is_changed(),
+            room: state.room.clone(),
             finalised,
-        })
+        };
+        let (state, changed, finalised, reply) = self
+            .change_call(
+                spec,
+                |state, _| change(state),
+                sealing.map(|s| {
+                    (
+                        s.claim,
+                        move |state: &CallState, changed: &bool, finalised| {
+                            (s.reply)(&result(state, changed, finalised))
+                        },
+                    )
+                }),
+            )
+            .await?;
+        Ok((result(&state, &changed, finalised), reply))
     }
 
     /// The one shape of every call transaction: lock the room and its rows, let a rule change
     /// them in memory, write back what changed, commit; retried on deadlocks and races.
     /// Returns the state after the change, the rule's answer and whether the room became final.
-    pub(super) async fn change_call<T>(
+    pub(super) async fn change_call<T, F>(
         &self,
         spec: Change<'_>,
         rule: impl Fn(&mut CallState, &HashSet<String>) -> Result<T, ApiError>,
-    ) -> Result<(CallState, T, bool), ApiError> {
+        sealing: Option<(&KeyClaim, F)>,
+    ) -> Result<(CallState, T, bool, Option<StoredReply>), ApiError>
+    where
+        F: Fn(&CallState, &T, bool) -> Result<StoredReply, ApiError>,
+    {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
                 in_transaction(conn, async |tx| {
-                    let mut state = lock_call(tx, spec.room_name, spec.now)
-                        .await?
-                        .ok_or(ApiError::RoomNotFound)?;
-                    let mut busy = live_uids(tx, spec.check_busy, Some(spec.room_name)).await?;
-                    if !busy.is_empty() {
-                        let live: Vec<String> = busy.iter().cloned().collect();
-                        let room = Some(spec.room_name);
-                        if settle_due_elsewhere(
-                            tx,
-                            &live,
-                            room,
-                            spec.now,
-                            self.teardown,
-                            &self.outbox,
-                        )
-                        .await?
-                        {
-                            busy = live_uids(tx, spec.check_busy, room).await?;
+                    let (state, answer, finalised) = self.apply_change(tx, &spec, &rule).await?;
+                    let reply = match &sealing {
+                        Some((claim, render)) => {
+                            let reply = render(&state, &answer, finalised)?;
+                            store_in(tx, claim, &reply).await?;
+                            Some(reply)
                         }
-                    }
-                    // Final as loaded, before the deadlines applied at load: a room they
-                    // closed is finalised by this transaction too.
-                    let was_final = state.was_final_when_loaded();
-                    let answer = rule(&mut state, &busy)?;
-                    let finalised = !was_final && state.room.status.is_final();
-                    if !state.is_changed() {
-                        return Ok((state, answer, finalised));
-                    }
-                    match write_back(tx, &mut state, &self.outbox, spec.now).await {
-                        // The uid rings or talks in another call, says the database: unless
-                        // that call's deadline has passed (then it is free once written down).
-                        Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
-                            let Some(uid) = spec.live_conflict else {
-                                return Err(err.into());
-                            };
-                            let uids = [uid.to_owned()];
-                            let room = Some(spec.room_name);
-                            let busy = || ApiError::ParticipantInCall {
-                                busy_uids: vec![uid.to_owned()],
-                            };
-                            if !settle_due_elsewhere(
-                                tx,
-                                &uids,
-                                room,
-                                spec.now,
-                                self.teardown,
-                                &self.outbox,
-                            )
-                            .await?
-                            {
-                                return Err(busy().into());
-                            }
-                            match write_back(tx, &mut state, &self.outbox, spec.now).await {
-                                Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
-                                    return Err(busy().into());
-                                }
-                                other => other?,
-                            }
-                        }
-                        other => other?,
-                    }
-                    if self.teardown {
-                        if finalised && spec.teardown {
-                            queue_teardown(tx, &state.room.room_name, state.room.updated_at)
-                                .await?;
-                        }
-                        // Whoever this change took out of the call leaves LiveKit too.
-                        let removed: Vec<String> = state
-                            .changed_rows()
-                            .filter(|p| p.reason == Some(Reason::Removed))
-                            .map(|p| p.uid.clone())
-                            .collect();
-                        for uid in removed {
-                            queue_removal(tx, &state.room.room_name, &uid, spec.now).await?;
-                        }
-                    }
-                    Ok((state, answer, finalised))
+                        None => None,
+                    };
+                    Ok((state, answer, finalised, reply))
                 })
                 .await
             })
         })
         .await
     }
+
+    /// One attempt's work inside the transaction: lock, apply the rule, write back.
+    async fn apply_change<T>(
+        &self,
+        tx: &mut Tx<'_>,
+        spec: &Change<'_>,
+        rule: &impl Fn(&mut CallState, &HashSet<String>) -> Result<T, ApiError>,
+    ) -> Result<(CallState, T, bool), TxError> {
+        let mut state = lock_call(tx, spec.room_name, spec.now)
+            .await?
+            .ok_or(ApiError::RoomNotFound)?;
+        let mut busy = live_uids(tx, spec.check_busy, Some(spec.room_name)).await?;
+        if !busy.is_empty() {
+            let live: Vec<String> = busy.iter().cloned().collect();
+            let room = Some(spec.room_name);
+            if settle_due_elsewhere(tx, &live, room, spec.now, self.teardown, &self.outbox).await? {
+                busy = live_uids(tx, spec.check_busy, room).await?;
+            }
+        }
+        // Final as loaded, before the deadlines applied at load: a room they
+        // closed is finalised by this transaction too.
+        let was_final = state.was_final_when_loaded();
+        let answer = rule(&mut state, &busy)?;
+        let finalised = !was_final && state.room.status.is_final();
+        if !state.is_changed() {
+            return Ok((state, answer, finalised));
+        }
+        match write_back(tx, &mut state, &self.outbox, spec.now).await {
+            // The uid rings or talks in another call, says the database: unless
+            // that call's deadline has passed (then it is free once written down).
+            Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
+                let Some(uid) = spec.live_conflict else {
+                    return Err(err.into());
+                };
+                let uids = [uid.to_owned()];
+                let room = Some(spec.room_name);
+                let busy = || ApiError::ParticipantInCall {
+                    busy_uids: vec![uid.to_owned()],
+                };
+                if !settle_due_elsewhere(tx, &uids, room, spec.now, self.teardown, &self.outbox)
+                    .await?
+                {
+                    return Err(busy().into());
+                }
+                match write_back(tx, &mut state, &self.outbox, spec.now).await {
+                    Err(err) if unique_violation(&err) == Some(UniqueKey::LiveUid) => {
+                        return Err(busy().into());
+                    }
+                    other => other?,
+                }
+            }
+            other => other?,
+        }
+        if self.teardown {
+            if finalised && spec.teardown {
+                queue_teardown(tx, &state.room.room_name, state.room.updated_at).await?;
+            }
+            // Whoever this change took out of the call leaves LiveKit too.
+            let removed: Vec<String> = state
+                .changed_rows()
+                .filter(|p| p.reason == Some(Reason::Removed))
+                .map(|p| p.uid.clone())
+                .collect();
+            for uid in removed {
+                queue_removal(tx, &state.room.room_name, &uid, spec.now).await?;
+            }
+        }
+        Ok((state, answer, finalised))
+    }
+}
+
+/// What an invite answers: the room, the rows it concerned and whether the room became final.
+pub type Invited = (Room, Vec<Participant>, bool);
+
+/// Renders a change's answer from the state after it, the rule's answer and whether the room
+/// became final.
+pub(super) type Render<T> = fn(&CallState, &T, bool) -> Result<StoredReply, ApiError>;
+
+/// No answer to store beside the change (a request without a key, the sweeper, webhooks).
+pub(super) fn unsealed<T>() -> Option<(&'static KeyClaim, Render<T>)> {
+    None
 }
 
 /// How one call transaction behaves around its rule.

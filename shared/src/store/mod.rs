@@ -32,11 +32,14 @@ type DbConnection = <Db as sqlx::Database>::Connection;
 
 mod backend;
 mod calls;
+mod idempotency;
 mod outbox;
 mod reads;
 mod sweeps;
 mod webhooks;
 
+pub use calls::Invited;
+pub use idempotency::{Claimed, KeyClaim, KeyTimes, PURGE_BATCH, PURGE_BATCHES, Seal, StoredReply};
 pub use reads::{HistoryEntry, ListedRooms, Ringing};
 
 pub use webhooks::WebhookOutcome;

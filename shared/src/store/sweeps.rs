@@ -120,10 +120,12 @@ impl Store {
             teardown: false,
             now,
         };
-        let (state, changed, finalised) = self
-            .change_call(spec, |state, _| {
-                Ok(rules::end(state, EndReason::GoneFromLivekit, now))
-            })
+        let (state, changed, finalised, _) = self
+            .change_call(
+                spec,
+                |state, _| Ok(rules::end(state, EndReason::GoneFromLivekit, now)),
+                calls::unsealed(),
+            )
             .await?;
         Ok(RoomResult {
             changed: changed || state.is_changed(),

@@ -82,6 +82,7 @@ pub const SERVICE_TABLES: &[&str] = &[
     "event_endpoint",
     "event_attempt",
     "cache_invalidation",
+    "idempotency_key",
 ];
 
 #[cfg(not(feature = "embedded"))]

@@ -20,6 +20,7 @@ mod delivery_schedule;
 mod handlers_input;
 mod handlers_participants;
 mod handlers_rooms;
+mod idempotency;
 mod lifecycle;
 mod livekit_lifecycle;
 mod nothing_held;

@@ -12,8 +12,8 @@ use crate::events::Api;
 use crate::receiver::Receiver;
 
 /// Gives every table the service writes at least one row: a call delivered to a receiver
-/// writes most of them; the LiveKit tables, endpoint health and the cache's owed forgets get
-/// one by hand.
+/// writes most of them; the LiveKit tables, endpoint health, the cache's owed forgets and the
+/// idempotency keys get one by hand.
 async fn fill_every_table(pool: &DbPool) {
     let receiver = Receiver::start().await;
     let endpoints = receiver.endpoints(None);
@@ -34,6 +34,15 @@ async fn fill_every_table(pool: &DbPool) {
             .await
             .expect(sql);
     }
+    sqlx::query(
+        "INSERT INTO idempotency_key (scope, fingerprint, lease_token, created_at, expires_at) \
+         VALUES ('s1', 'f1', 'l1', ?, ?)",
+    )
+    .bind(at)
+    .bind(at)
+    .execute(pool)
+    .await
+    .expect("an idempotency key");
 }
 
 /// A column of each table that an UPDATE can set to itself.
@@ -48,6 +57,7 @@ fn written_column(table: &str) -> &'static str {
         "event_endpoint" => "failures",
         "event_attempt" => "attempt",
         "cache_invalidation" => "misses",
+        "idempotency_key" => "expires_at",
         other => panic!("a table a migration added: {other}; give it a row and a column here"),
     }
 }
