@@ -16,6 +16,8 @@ pub mod livekit;
 pub mod model;
 pub mod openapi;
 pub mod outbound;
+#[cfg(test)]
+mod portability;
 pub mod rules;
 pub mod secrets;
 pub mod store;

@@ -37,7 +37,8 @@ mod mysql {
          VALUES (?, 1, ?) ON DUPLICATE KEY UPDATE failures = failures + 1, updated_at = ?";
 
     pub fn pool(url: &str) -> Result<crate::store::DbPool, sqlx::Error> {
-        let options: MySqlConnectOptions = url.parse()?;
+        // Certificates are verified for any server but this machine unless the URL says.
+        let options = crate::store::tls::secure_by_default(url, url.parse()?);
         // One Lambda serves one request at a time: a small pool, connected on first use.
         // No COM_PING before every acquire (a round trip per query); a connection that died
         // while the function was frozen fails its first query, which is retried once.
