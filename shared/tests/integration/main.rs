@@ -22,6 +22,7 @@ mod handlers_participants;
 mod handlers_rooms;
 mod lifecycle;
 mod livekit_lifecycle;
+mod migrations;
 mod nothing_held;
 mod retries;
 mod rules_properties;
