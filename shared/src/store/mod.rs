@@ -489,6 +489,15 @@ impl Store {
         result
     }
 
+    /// Re-derives the room totals from the rooms (see [`room_counts::recount`]).
+    pub async fn recount_rooms(&self) -> Result<(), ApiError> {
+        self.with_conn(async |conn: &mut DbConnection| {
+            in_transaction(conn, async |tx| Ok(room_counts::recount(tx).await?)).await
+        })
+        .await
+        .map_err(TxError::into_api)
+    }
+
     pub async fn ping(&self) -> Result<(), ApiError> {
         self.with_conn(async |conn: &mut DbConnection| sqlx::query("SELECT 1").execute(conn).await)
             .await?;

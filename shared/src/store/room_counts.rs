@@ -89,6 +89,36 @@ impl RoomCounts {
     }
 }
 
+/// Sets every total to what the rooms say, in one transaction that reads every room's status
+/// under a shared lock, so no room can move between the count and the write. For the deploy
+/// that drops the old triggers (see migration 0006): a room that old code moved after the
+/// migration ran and before the new code took over was counted by nobody. Room writes wait for
+/// it while it reads the `(status, id)` index once.
+pub(super) async fn recount(tx: &mut super::Tx<'_>) -> Result<(), sqlx::Error> {
+    let rooms: Vec<(i16, i64, i64)> = sqlx::query_as(RECOUNT_READ).fetch_all(&mut **tx).await?;
+    sqlx::query("UPDATE room_count SET n = 0")
+        .execute(&mut **tx)
+        .await?;
+    for (status, shard, n) in rooms {
+        sqlx::query("UPDATE room_count SET n = ? WHERE status = ? AND shard = ?")
+            .bind(n)
+            .bind(status)
+            .bind(shard)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The rooms per (status, shard), read under a shared lock on MySQL (SQLite's BEGIN IMMEDIATE
+/// already holds every writer off).
+#[cfg(not(feature = "embedded"))]
+const RECOUNT_READ: &str = "SELECT status, CAST(id % 16 AS SIGNED) AS shard, COUNT(*) AS n \
+     FROM call_room GROUP BY status, id % 16 LOCK IN SHARE MODE";
+#[cfg(feature = "embedded")]
+const RECOUNT_READ: &str =
+    "SELECT status, id % 16 AS shard, COUNT(*) AS n FROM call_room GROUP BY status, id % 16";
+
 fn shard_of(id: i64) -> i16 {
     // rem_euclid: ids are positive, and a counter row exists for every result anyway.
     id.rem_euclid(SHARDS) as i16
