@@ -25,10 +25,14 @@
 //! that applied the old text has its recorded checksum moved to the new one here; migration
 //! 0006 drops the old triggers.
 
+#[cfg(not(feature = "embedded"))]
 use std::time::Instant;
 
+#[cfg(not(feature = "embedded"))]
 use sqlx::AssertSqlSafe;
-use sqlx::migrate::{Migration, Migrator};
+#[cfg(not(feature = "embedded"))]
+use sqlx::migrate::Migration;
+use sqlx::migrate::Migrator;
 
 use super::{DbConnection, DbPool};
 
