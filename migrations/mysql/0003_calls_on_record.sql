@@ -28,7 +28,8 @@ ALTER TABLE call_participant
     DROP KEY ix_participant_uid;
 
 -- Exact room totals per status without a hot row: sixteen shards per status, each room
--- counted in the shard of its id, kept by triggers in the transaction that writes the room.
+-- counted in the shard of its id, kept by the store in the transaction that writes the room
+-- (no triggers: MySQL 8 with binary logging refuses them without SUPER; see 0006).
 CREATE TABLE room_count (
     status SMALLINT NOT NULL,
     shard SMALLINT NOT NULL,
@@ -48,14 +49,6 @@ UPDATE room_count c
 JOIN (SELECT status, id % 16 AS shard, COUNT(*) AS n FROM call_room GROUP BY status, id % 16) r
     ON r.status = c.status AND r.shard = c.shard
 SET c.n = r.n;
-
-CREATE TRIGGER tr_room_count_insert AFTER INSERT ON call_room FOR EACH ROW
-    UPDATE room_count SET n = n + 1 WHERE status = NEW.status AND shard = NEW.id % 16;
-
-CREATE TRIGGER tr_room_count_update AFTER UPDATE ON call_room FOR EACH ROW
-    UPDATE room_count
-    SET n = n + IF(status = NEW.status, 1, -1)
-    WHERE OLD.status <> NEW.status AND status IN (OLD.status, NEW.status) AND shard = NEW.id % 16;
 
 -- Rooms whose LiveKit participant must still be removed (the remove endpoint, or a removed
 -- uid LiveKit saw join again); the sweeper retries what is left, like room teardowns.

@@ -19,6 +19,7 @@ ALTER TABLE call_participant ADD COLUMN talk_seconds INTEGER NOT NULL DEFAULT 0;
 DROP INDEX ix_participant_uid;
 CREATE INDEX ix_participant_uid_id ON call_participant (uid, id);
 
+-- Kept by the store in the transaction that writes the room (no triggers; see 0006).
 CREATE TABLE room_count (
     status INTEGER NOT NULL,
     shard INTEGER NOT NULL,
@@ -31,18 +32,6 @@ INSERT INTO room_count (status, shard, n)
 SELECT status, shard,
        (SELECT COUNT(*) FROM call_room r WHERE r.status = statuses.status AND r.id % 16 = shards.shard)
 FROM statuses CROSS JOIN shards;
-
-CREATE TRIGGER tr_room_count_insert AFTER INSERT ON call_room
-BEGIN
-    UPDATE room_count SET n = n + 1 WHERE status = NEW.status AND shard = NEW.id % 16;
-END;
-
-CREATE TRIGGER tr_room_count_update AFTER UPDATE OF status ON call_room
-WHEN OLD.status <> NEW.status
-BEGIN
-    UPDATE room_count SET n = n - 1 WHERE status = OLD.status AND shard = NEW.id % 16;
-    UPDATE room_count SET n = n + 1 WHERE status = NEW.status AND shard = NEW.id % 16;
-END;
 
 CREATE TABLE livekit_removal (
     room_name TEXT NOT NULL,

@@ -63,20 +63,41 @@ mod driver {
             .is_some_and(|e| matches!(e.number(), 1205 | 1213))
     }
 
-    /// No connection to be had: too many connections (1040), too many for this user (1226),
-    /// shutting down (1053), the connection killed (MariaDB 1927) or closed after its idle
-    /// time (MySQL 8: 4031); or a statement stopped at its time limit (MariaDB 1969, MySQL
-    /// 3024: `crate::store::STATEMENT_TIMEOUT`).
+    /// The server cannot serve this connection now; the connection is closed and the request
+    /// answered 503 (see [`UNAVAILABLE`]).
     pub fn is_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
         db.try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| matches!(e.number(), 1040 | 1053 | 1226 | 1927 | 1969 | 3024 | 4031))
+            .is_some_and(|e| UNAVAILABLE.contains(&e.number()))
     }
 
-    /// Too many connections (1040), too many for this user (1226).
+    /// Too many connections (1040), too many for this user (1203, 1226).
     pub fn is_out_of_connections(db: &dyn sqlx::error::DatabaseError) -> bool {
         db.try_downcast_ref::<MySqlDatabaseError>()
-            .is_some_and(|e| matches!(e.number(), 1040 | 1226))
+            .is_some_and(|e| matches!(e.number(), 1040 | 1203 | 1226))
     }
+
+    /// Server errors that mean "not now" on MySQL 8 / Aurora MySQL 3 and MariaDB 10.11.
+    pub const UNAVAILABLE: &[u16] = &[
+        1037, // out of memory
+        1040, // too many connections
+        1041, // out of memory (out of resources)
+        1053, // server shutting down
+        1158, // error reading from the network (the server's side of a broken connection)
+        1159, // timeout reading from the network
+        1160, // error writing to the network
+        1161, // timeout writing to the network
+        1203, // the account's max_user_connections reached (RDS sets it per user)
+        1226, // the account exceeded a resource limit (max_connections_per_hour, …)
+        // Read-only server: during an Aurora failover the old writer turns reader; a fresh
+        // connection to the cluster endpoint reaches the new writer.
+        1290, 1317, // query execution interrupted (KILL QUERY)
+        1637, // too many active concurrent transactions
+        1836, // running in read-only mode (innodb_read_only)
+        1927, // connection killed (MariaDB)
+        1969, // max_statement_time exceeded (MariaDB)
+        3024, // max_execution_time exceeded (MySQL)
+        4031, // disconnected by the server after its idle timeout (MySQL 8)
+    ];
 
     /// Which unique key a duplicate-entry error names.
     pub fn unique_key(message: &str) -> Option<UniqueKey> {

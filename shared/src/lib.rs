@@ -18,6 +18,8 @@ pub mod model;
 pub mod openapi;
 pub mod outbound;
 pub mod overview;
+#[cfg(test)]
+mod portability;
 pub mod rules;
 pub mod secrets;
 pub mod store;

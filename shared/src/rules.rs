@@ -168,6 +168,11 @@ impl CallState {
         self.loaded_status.is_final()
     }
 
+    /// The room's status as the database held it when this state was loaded.
+    pub fn loaded_status(&self) -> R {
+        self.loaded_status
+    }
+
     pub fn room_changed(&self) -> bool {
         self.room_changed
     }

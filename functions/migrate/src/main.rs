@@ -6,7 +6,13 @@
 //!   SUCCESS or FAILED, so a failed migration fails the deploy instead of hanging it;
 //! - anything else (`aws lambda invoke`): migrate and return a JSON report.
 //!
-//! Migrations are idempotent, so a repeated event is harmless.
+//! Migrations are idempotent, so a repeated event is harmless, and on MySQL a run that failed
+//! halfway continues where it stopped (see `call_shared::store::migrations`).
+//!
+//! A custom resource whose properties say `RecountRooms` (or an invoke with
+//! `{"recount_rooms": true}`) re-derives the room totals instead: the stack runs it once, after
+//! every function has been replaced, on the deploy that brings migration 0006 (see the README's
+//! "MySQL 8 / Aurora MySQL 3").
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,11 +44,30 @@ struct CustomResourceRequest {
     request_id: String,
     logical_resource_id: String,
     physical_resource_id: Option<String>,
+    #[serde(default)]
+    resource_properties: Value,
 }
 
 impl CustomResourceRequest {
     fn parse(payload: &Value) -> Option<Self> {
         serde_json::from_value(payload.clone()).ok()
+    }
+
+    /// The resource that re-derives the room totals rather than migrating.
+    fn recounts_rooms(&self) -> bool {
+        self.resource_properties.get("RecountRooms").is_some()
+    }
+
+    /// How long to wait before recounting: invocations of the replaced code that were running
+    /// when CloudFormation swapped it (the sweeper runs for up to a minute) finish meanwhile.
+    /// CloudFormation passes properties as strings.
+    fn settle(&self) -> Duration {
+        let seconds = match self.resource_properties.get("SettleSeconds") {
+            Some(Value::String(text)) => text.parse().unwrap_or(0),
+            Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+            _ => 0,
+        };
+        Duration::from_secs(seconds)
     }
 
     /// Stable across updates, so CloudFormation never replaces (and deletes) the resource.
@@ -72,12 +97,26 @@ impl Migrator {
         Ok(applied)
     }
 
+    async fn recount(&self) -> Result<(), String> {
+        let store = self.store.as_ref().map_err(Clone::clone)?;
+        store
+            .recount_rooms()
+            .await
+            .map_err(|e| format!("recounting the rooms failed: {e}"))?;
+        tracing::info!("room totals re-derived from the rooms");
+        Ok(())
+    }
+
     async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, Error> {
         match CustomResourceRequest::parse(&event.payload) {
             Some(request) => {
                 let budget = time_left(event.context.deadline).saturating_sub(DEADLINE_MARGIN);
                 self.answer(&request, budget.max(Duration::from_secs(1)))
                     .await
+            }
+            None if event.payload.get("recount_rooms") == Some(&Value::Bool(true)) => {
+                self.recount().await?;
+                Ok(json!({ "status": "ok", "recounted": true }))
             }
             None => {
                 let applied = self.migrate().await?;
@@ -96,6 +135,20 @@ impl Migrator {
         let outcome = match request.request_type {
             // The schema outlives the stack: deleting or rolling back never drops data.
             RequestType::Delete => Ok(json!({})),
+            RequestType::Create | RequestType::Update if request.recounts_rooms() => {
+                let recount = async {
+                    tokio::time::sleep(request.settle()).await;
+                    self.recount().await
+                };
+                match tokio::time::timeout(budget, recount).await {
+                    Ok(Ok(())) => Ok(json!({ "Recounted": true })),
+                    Ok(Err(reason)) => Err(reason),
+                    Err(_) => Err(format!(
+                        "recounting did not finish within {} s",
+                        budget.as_secs()
+                    )),
+                }
+            }
             RequestType::Create | RequestType::Update => {
                 match tokio::time::timeout(budget, self.migrate()).await {
                     Ok(Ok(applied)) => Ok(json!({ "Migrations": applied })),
@@ -297,24 +350,31 @@ mod tests {
     /// A database of its own on the test MariaDB (DATABASE_URL, started by scripts/test.sh), or
     /// a fresh SQLite file in the embedded build.
     async fn empty_database_url() -> String {
+        empty_database_url_named("call_migrate_custom_resource").await
+    }
+
+    async fn empty_database_url_named(name: &str) -> String {
         if call_shared::database::URL_SCHEMES.contains(&"sqlite:") {
-            let path = std::env::temp_dir().join(format!("call-migrate-{}.db", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("call-migrate-{name}-{}.db", std::process::id()));
             let _ = std::fs::remove_file(&path);
             return format!("sqlite://{}?mode=rwc", path.display());
         }
         let admin = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| call_shared::database::TEST_URL_EXAMPLE.to_owned());
         let store = Store::connect_lazy(&admin).expect("DATABASE_URL");
-        sqlx::query("DROP DATABASE IF EXISTS call_migrate_custom_resource")
-            .execute(store.pool())
-            .await
-            .expect("MariaDB at DATABASE_URL (scripts/test.sh starts it)");
-        sqlx::query("CREATE DATABASE call_migrate_custom_resource")
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(store.pool())
+        .await
+        .expect("MariaDB at DATABASE_URL (scripts/test.sh starts it)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(store.pool())
             .await
             .expect("create the test database");
         let (server, _) = admin.rsplit_once('/').expect("a database in DATABASE_URL");
-        format!("{server}/call_migrate_custom_resource")
+        format!("{server}/{name}")
     }
 
     #[tokio::test]
@@ -332,6 +392,61 @@ mod tests {
         assert_eq!(received.body["Data"]["Migrations"], applied);
         // Applying them again (an Update, or a retried event) changes nothing and succeeds.
         assert_eq!(migrator.migrate().await, Ok(applied));
+    }
+
+    /// The resource the stack creates after every function on the deploy that drops the old
+    /// room_count triggers: totals that drifted meanwhile are exact again.
+    #[tokio::test]
+    async fn the_recount_resource_re_derives_the_room_totals() {
+        let url = empty_database_url_named("call_migrate_recount").await;
+        let store = Store::connect_lazy(&url).expect("store");
+        store.migrate().await.expect("migrate");
+        let now = call_shared::model::Now::current();
+        for name in ["r1", "r2", "r3"] {
+            let room = call_shared::store::NewRoom {
+                source_channel_id: String::new(),
+                source_channel_type: 0,
+                creator: format!("{name}-a"),
+                room_name: name.to_owned(),
+                call_type: 1,
+                invite_on: 0,
+                max_participants: 2,
+                limits: call_shared::model::CallLimits::default(),
+            };
+            store.create_room(&room, &[], now).await.expect("create");
+        }
+        // Rooms that old code moved while nobody counted them.
+        sqlx::query("UPDATE call_room SET status = 2 WHERE room_name = 'r2'")
+            .execute(store.pool())
+            .await
+            .expect("an uncounted move");
+        let totals = async || -> Vec<i64> {
+            let mut totals = Vec::new();
+            for status in 0i16..4 {
+                let kept: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(n), 0) AS SIGNED) FROM room_count WHERE status = ?",
+                )
+                .bind(status)
+                .fetch_one(store.pool())
+                .await
+                .expect("room_count");
+                totals.push(kept);
+            }
+            totals
+        };
+        assert_eq!(totals().await, vec![3, 0, 0, 0], "drifted");
+
+        let (response, server) = response_url().await;
+        let mut recount = request("Create", &response);
+        recount.resource_properties = json!({ "RecountRooms": "0006" });
+        migrator(Ok(store.clone()))
+            .answer(&recount, Duration::from_secs(60))
+            .await
+            .expect("delivered");
+        let received = server.await.expect("server");
+        assert_eq!(received.body["Status"], "SUCCESS", "{}", received.body);
+        assert_eq!(received.body["Data"]["Recounted"], true);
+        assert_eq!(totals().await, vec![2, 0, 1, 0], "exact again");
     }
 
     #[test]

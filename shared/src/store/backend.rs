@@ -40,7 +40,8 @@ mod mysql {
          VALUES (?, 1, ?) ON DUPLICATE KEY UPDATE failures = failures + 1, updated_at = ?";
 
     pub fn pool(url: &str, idle: Duration) -> Result<crate::store::DbPool, sqlx::Error> {
-        let options: MySqlConnectOptions = url.parse()?;
+        // Certificates are verified for any server but this machine unless the URL says.
+        let options = crate::store::tls::secure_by_default(url, url.parse()?);
         // One Lambda serves one request at a time: a small pool, connected on first use.
         // No COM_PING before every acquire (a round trip per query); a connection that died
         // while the function was frozen fails its first query, which is retried once.
@@ -71,7 +72,7 @@ mod mysql {
         // max_statement_time (seconds, every statement), MySQL 8's max_execution_time
         // (milliseconds, SELECT only; InnoDB's lock wait bounds its writes).
         let mariadb = format!(
-            "SET SESSION max_statement_time = {}", // mysql-compat: allowed (MariaDB only, falls back below)
+            "SET SESSION max_statement_time = {}", // portable-sql: allow max-statement-time (MySQL falls back below)
             STATEMENT_TIMEOUT.as_secs_f64()
         );
         match sqlx::raw_sql(AssertSqlSafe(mariadb))

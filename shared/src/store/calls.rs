@@ -467,7 +467,11 @@ async fn insert_call(
     .execute(&mut **tx)
     .await;
     state.room.id = match inserted {
-        Ok(result) => backend::last_insert_id(&result),
+        Ok(result) => {
+            let id = backend::last_insert_id(&result);
+            tx.counts.inserted(id, room.status);
+            id
+        }
         Err(err) if unique_violation(&err) == Some(UniqueKey::LiveChannel) => {
             // The caller names the open room once this transaction is rolled back.
             return Err(ApiError::ChannelHasActiveRoom {

@@ -25,17 +25,21 @@ pub use crate::database::{
     is_unavailable, unique_violation,
 };
 pub use backend::MIGRATOR;
+pub use migrations::MigrationError;
 
 pub type DbPool = sqlx::Pool<Db>;
-type Tx<'c> = sqlx::Transaction<'c, Db>;
 type DbConnection = <Db as sqlx::Database>::Connection;
 
 mod backend;
 mod calls;
 mod idempotency;
+pub mod migrations;
 mod outbox;
 mod reads;
+mod room_counts;
 mod sweeps;
+#[cfg(not(feature = "embedded"))]
+mod tls;
 mod webhooks;
 
 pub use calls::Invited;
@@ -51,6 +55,7 @@ pub use outbox::{
 };
 
 use backend::{for_update, live_row_of};
+use room_counts::RoomCounts;
 
 // Every wait on the database is bounded, and together they end well before the function
 // does (`crate::http::REQUEST_DEADLINE`, checked against template.yaml by a test): a
@@ -194,19 +199,57 @@ async fn in_transaction_with<T>(
     begin: &'static str,
     work: impl AsyncFnOnce(&mut Tx<'_>) -> Result<T, TxError>,
 ) -> Result<T, TxError> {
-    let mut tx = conn.begin_with(begin).await?;
-    match work(&mut tx).await {
+    let mut tx = Tx::new(conn.begin_with(begin).await?);
+    let outcome = match work(&mut tx).await {
+        // The room totals last, in one statement, so their rows are locked only until COMMIT.
+        Ok(value) => match tx.counts.apply(&mut tx.inner).await {
+            Ok(()) => Ok(value),
+            Err(err) => Err(TxError::Db(err)),
+        },
+        Err(err) => Err(err),
+    };
+    match outcome {
         Ok(value) => {
-            tx.commit().await?;
+            tx.inner.commit().await?;
             Ok(value)
         }
         Err(err) => {
-            if let Err(rollback) = tx.rollback().await {
+            if let Err(rollback) = tx.inner.rollback().await {
                 // The connection is gone or confused; `with_conn` will not reuse it.
                 tracing::warn!(error = %rollback, "rollback failed");
             }
             Err(err)
         }
+    }
+}
+
+/// One open transaction: its statements go to `inner` (`&mut **tx` is the connection), and
+/// the rooms it inserts or moves are noted in `counts`, applied just before the commit.
+struct Tx<'c> {
+    inner: sqlx::Transaction<'c, Db>,
+    counts: RoomCounts,
+}
+
+impl<'c> Tx<'c> {
+    fn new(inner: sqlx::Transaction<'c, Db>) -> Self {
+        Tx {
+            inner,
+            counts: RoomCounts::default(),
+        }
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = DbConnection;
+
+    fn deref(&self) -> &DbConnection {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut DbConnection {
+        &mut self.inner
     }
 }
 
@@ -473,8 +516,10 @@ impl Store {
         self.pool.close().await;
     }
 
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+    /// Brings the schema up to date; on MySQL a run that stopped halfway continues where it
+    /// stopped (see [`migrations`]).
+    pub async fn migrate(&self) -> Result<(), MigrationError> {
+        migrations::run(&self.pool, &MIGRATOR).await
     }
 
     /// The local main job's database: created when it is missing and, with `reset`, emptied
@@ -578,6 +623,15 @@ impl Store {
                 other => return other,
             }
         }
+    }
+
+    /// Re-derives the room totals from the rooms (see [`room_counts::recount`]).
+    pub async fn recount_rooms(&self) -> Result<(), ApiError> {
+        self.with_conn(async |conn: &mut DbConnection| {
+            in_transaction(conn, async |tx| Ok(room_counts::recount(tx).await?)).await
+        })
+        .await
+        .map_err(TxError::into_api)
     }
 
     pub async fn ping(&self) -> Result<(), ApiError> {
@@ -761,6 +815,8 @@ async fn write_back(
         .bind(room.id)
         .execute(&mut **tx)
         .await?;
+        tx.counts
+            .written(room.id, state.loaded_status(), room.status);
     }
     write_events(tx, &state.room, first_seq, &events, outbox, now).await?;
     // Written: the same state written again (a retried statement) must not repeat them.
@@ -929,7 +985,7 @@ mod tests {
 
         let mut conn = pool.acquire().await.expect("connection");
         {
-            let mut tx = conn.begin_with(backend::BEGIN).await.expect("begin");
+            let mut tx = Tx::new(conn.begin_with(backend::BEGIN).await.expect("begin"));
             lock_call(&mut tx, "r1", now).await.expect("lock");
             // Dropped here without commit or rollback, as an early return would.
         }

@@ -210,3 +210,22 @@ async fn the_production_store_serves_every_kind_of_request_on_its_kept_connectio
     );
     common::assert_nothing_held(&pool).await;
 }
+
+/// A statement stopped by the server's statement timeout (MariaDB's max_statement_time here,
+/// 1969; MySQL's max_execution_time, 3024, in AWS) is a 503 to try again, never a 500.
+#[cfg(not(feature = "embedded"))]
+#[sqlx::test(migrations = false)]
+async fn a_statement_timeout_is_service_unavailable(pool: DbPool) {
+    let err = sqlx::query("SET STATEMENT max_statement_time = 0.01 FOR SELECT SLEEP(2)")
+        .execute(&pool)
+        .await
+        .expect_err("the server stops the statement");
+    let number = err
+        .as_database_error()
+        .and_then(|db| db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .map(|db| db.number());
+    assert_eq!(number, Some(1969), "{err}");
+    assert!(call_shared::database::is_unavailable(&err));
+    let api = call_shared::ApiError::from(err);
+    assert_eq!((api.status(), api.key()), (503, "service_unavailable"));
+}

@@ -1941,6 +1941,38 @@ async fn list_rooms_totals_equal_count_per_status_after_creates_and_changes(pool
     assert_room_count_exact(&pool, "after the changes").await;
 }
 
+/// The totals are kept by the store's own transactions (no triggers): through LiveKit's
+/// webhooks too, including one that moves two rooms at once (a uid seen joining elsewhere
+/// closes the call it was in), and the sweeper's ring-out.
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn list_rooms_totals_stay_exact_through_webhooks_and_the_sweep(pool: DbPool) {
+    let app = common::app(pool.clone());
+    let api = Api::new(&app);
+    let exact = async |phase: &str| {
+        assert_totals_exact(&api, &pool, phase).await;
+        assert_room_count_exact(&pool, phase).await;
+    };
+    api.open("w2", "carol", &["dave", "bob"]).await;
+    act(&app, "w2", "bob", Action::Reject, Now::current()).await;
+    api.open("w1", "alice", &["bob"]).await;
+    exact("created").await;
+    // bob, ringing in w1, shows up in w2 (which he had declined): one transaction starts w2
+    // and, his ringing row in w1 closed as busy, cancels w1 (nobody left to answer).
+    webhook(&app, "participant_joined", "w2", Some("bob")).await;
+    assert_eq!(room_status(&pool, "w1").await, Some(3));
+    assert_eq!(room_status(&pool, "w2").await, Some(1));
+    exact("two rooms moved by one webhook").await;
+    webhook(&app, "participant_joined", "w2", Some("dave")).await;
+    webhook(&app, "participant_left", "w2", Some("bob")).await;
+    webhook(&app, "room_finished", "w2", None).await;
+    assert_eq!(room_status(&pool, "w2").await, Some(2));
+    exact("finished by webhook").await;
+    open_at(&app, "w3", "erin", &["finn"], RING_30, an_hour_ago()).await;
+    sweep(&app, Now::current()).await.expect("sweep");
+    assert_eq!(room_status(&pool, "w3").await, Some(3));
+    exact("rung out by the sweep").await;
+}
+
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn list_rooms_refuses_offset_with_cursor_and_a_cursor_it_never_gave(pool: DbPool) {
     let app = common::app(pool);

@@ -23,6 +23,7 @@ mod handlers_rooms;
 mod idempotency;
 mod lifecycle;
 mod livekit_lifecycle;
+mod migrations;
 mod nothing_held;
 mod retries;
 mod rules_properties;
