@@ -575,8 +575,8 @@ pub(crate) mod tests {
             &format!("pub const BEGIN: &str = \"{BEGIN}\";"),
             "in_transaction_with(conn, backend::BEGIN, work)",
             "conn.begin_with(begin)",
-            "tx.commit().await?",
-            "tx.rollback().await",
+            "tx.inner.commit().await?",
+            "tx.inner.rollback().await",
         ] {
             assert!(has(&store, piece), "the store no longer sends {piece:?}");
         }
