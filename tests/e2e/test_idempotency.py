@@ -105,14 +105,17 @@ def test_a_retry_after_a_lost_response_replays_it(clean_after, names):
     service = clean_after
     creator, key = names("lost"), names("key")
     body = json.dumps({"creator": creator}).encode()
-    # The client sends its create and hangs up before reading the answer.
+    # The client sends its create and hangs up without reading the answer. It stays on the
+    # line until the function has the request: in AWS, API Gateway invokes the function
+    # whatever the client does, while the local router drops a request whose client left
+    # before it was forwarded.
     with socket.create_connection((service.host, service.port), timeout=10) as sock:
         head = (f"POST /api/rooms HTTP/1.1\r\nHost: {service.host}\r\n"
                 f"Authorization: Bearer {service.service_token}\r\n"
                 f'Idempotency-Key: "{key}"\r\nContent-Type: application/json\r\n'
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
         sock.sendall(head.encode() + body)
-    made = until(lambda: rooms_of(service, creator))
+        made = until(lambda: rooms_of(service, creator))
     assert len(made) == 1, made
     # Its retry, as soon as it likes: in flight (409, Retry-After) until the first finishes.
     answer = until(lambda: (lambda r: r if r.status != 409 else None)(
