@@ -266,6 +266,24 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The same bench with `rounds` rounds per measurement (and no proxy).
+    fn with_rounds(&self, rounds: usize) -> Ctx {
+        Ctx {
+            opts: Options {
+                rounds,
+                ..self.opts.clone()
+            },
+            server: self.server.clone(),
+            db_url: self.db_url.clone(),
+            proxy_db_url: Box::new(|_| String::new()),
+            db_addr: self.db_addr.clone(),
+            auth: Auth::new(AUTH_SECRET),
+            service_token: self.service_token.clone(),
+            log_dir: self.log_dir.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
     /// The URL of another database on the bench server (TLS off, as for the bench database).
     fn server_url(&self, database: &str) -> String {
         format!("{}/{database}?ssl-mode=disabled", self.server)
@@ -585,20 +603,7 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             "business events: {} rounds per endpoint setting",
             ctx.opts.rounds.min(EVENT_ROUNDS)
         ));
-        let events_ctx = Ctx {
-            opts: Options {
-                rounds: ctx.opts.rounds.min(EVENT_ROUNDS),
-                ..ctx.opts.clone()
-            },
-            server: ctx.server.clone(),
-            db_url: ctx.db_url.clone(),
-            proxy_db_url: Box::new(|_| String::new()),
-            db_addr: ctx.db_addr.clone(),
-            auth: Auth::new(AUTH_SECRET),
-            service_token: ctx.service_token.clone(),
-            log_dir: ctx.log_dir.clone(),
-            prefix: ctx.prefix.clone(),
-        };
+        let events_ctx = ctx.with_rounds(ctx.opts.rounds.min(EVENT_ROUNDS));
         results.events = Some(outbox::run(&events_ctx).await?);
     }
     if ctx.opts.runs("keys") {
@@ -606,20 +611,7 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             "idempotency keys: {} rounds with and without a key",
             ctx.opts.rounds.min(EVENT_ROUNDS)
         ));
-        let keys_ctx = Ctx {
-            opts: Options {
-                rounds: ctx.opts.rounds.min(EVENT_ROUNDS),
-                ..ctx.opts.clone()
-            },
-            server: ctx.server.clone(),
-            db_url: ctx.db_url.clone(),
-            proxy_db_url: Box::new(|_| String::new()),
-            db_addr: ctx.db_addr.clone(),
-            auth: Auth::new(AUTH_SECRET),
-            service_token: ctx.service_token.clone(),
-            log_dir: ctx.log_dir.clone(),
-            prefix: ctx.prefix.clone(),
-        };
+        let keys_ctx = ctx.with_rounds(ctx.opts.rounds.min(EVENT_ROUNDS));
         results.keys = Some(keys::run(&keys_ctx).await?);
     }
     results.finish();

@@ -647,7 +647,8 @@ pub fn next_attempt_at(
     Some(failed_at + to_chrono(backoff_with(settings, failures, jitter)))
 }
 
-fn random_jitter() -> f64 {
+/// A number in [0, 1] from the system's randomness (0.5 if there is none).
+pub(crate) fn random_jitter() -> f64 {
     let mut bytes = [0u8; 4];
     match getrandom::fill(&mut bytes) {
         Ok(()) => f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX),

@@ -244,13 +244,8 @@ class Database:
                 continue
             host, info, rows_locked, locks = found[0]
             port = host.rsplit(":", 1)[-1] if host and ":" in host else ""
-            process = "?"
-            try:
-                ss = subprocess.run(["ss", "-Htnp", f"sport = :{port}"], capture_output=True,
-                                    text=True, timeout=5).stdout.strip()
-                process = ss.split("users:", 1)[-1] if "users:" in ss else (ss or "?")
-            except (OSError, subprocess.SubprocessError):
-                pass
+            pid = port_owners({port}).get(port)
+            process = f"{process_name(pid)} (pid {pid})" if pid else "?"
             owners.append(f"{thread}: {process} rows locked {rows_locked}, lock structs {locks}, "
                           f"statement {info!r}")
         return owners
@@ -433,6 +428,33 @@ def free_port() -> int:
     if port == 8080:  # never collide with a developer's running instance
         return free_port()
     return port
+
+
+def port_owners(ports: set[str]) -> dict[str, int]:
+    """Which local process holds the MariaDB connection from each of these client ports:
+    port -> pid (one `ss` for them all)."""
+    try:
+        out = subprocess.run(["ss", "-Htnp", "state", "established"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    found: dict[str, int] = {}
+    for line in out.splitlines():
+        cols = line.split()
+        pid = re.search(r"pid=(\d+)", line)
+        if len(cols) >= 4 and pid and cols[3].rsplit(":", 1)[-1] == "3306":
+            local = cols[2].rsplit(":", 1)[-1]
+            if local in ports:
+                found[local] = int(pid.group(1))
+    return found
+
+
+def process_name(pid: int) -> str:
+    """The executable's name of a local process (a function's binary), or "?"."""
+    try:
+        return Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()).name
+    except (OSError, UnicodeDecodeError):
+        return "?"
 
 
 def log_tail(path: Path, lines: int = 80) -> str:

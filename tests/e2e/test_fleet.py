@@ -29,10 +29,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 import sqlite3
-import subprocess
 import tempfile
 import threading
 import time
@@ -53,6 +51,8 @@ from conftest import (
     local_constant,
     local_livekit_pair,
     log_tail,
+    port_owners,
+    process_name,
     start_job,
     stop_tree,
     wait_healthy,
@@ -212,29 +212,12 @@ def service_connections() -> list[tuple[int, str]]:
         conn.close()
 
 
-def owners(ports: set[str]) -> dict[str, int]:
-    """Which function's process holds each of these local ports: port -> pid."""
-    out = subprocess.run(["ss", "-Htnp", "state", "established"], capture_output=True,
-                         text=True).stdout
-    found: dict[str, int] = {}
-    for line in out.splitlines():
-        cols = line.split()
-        if len(cols) < 5:
-            continue
-        local = cols[2].rsplit(":", 1)[-1]
-        peer = cols[3].rsplit(":", 1)[-1]
-        pid = re.search(r"pid=(\d+)", line)
-        if local in ports and peer == "3306" and pid:
-            found[local] = int(pid.group(1))
-    return found
-
-
-def function_of(pid: int) -> str:
-    try:
-        exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-    except OSError:
-        return "?"
-    return Path(exe).name
+def holders(held: Optional[list[tuple[int, str]]] = None) -> list[int]:
+    """The pid of the process behind each of the fleet user's connections (`held`, or the
+    ones open now)."""
+    held = service_connections() if held is None else held
+    ports = {host.rsplit(":", 1)[-1] for _, host in held if ":" in host}
+    return list(port_owners(ports).values())
 
 
 @pytest.fixture(scope="module", params=BUDGETS, ids=lambda b: f"budget{b}")
@@ -299,9 +282,8 @@ def test_a_burst_beyond_the_connections_is_refused_politely_and_every_call_finis
     while any(t.is_alive() for t in threads) and time.monotonic() < until:
         held = service_connections()
         held_max = max(held_max, len(held))
-        ports = {host.rsplit(":", 1)[-1] for _, host in held if ":" in host}
         counts: dict[int, int] = {}
-        for pid in owners(ports).values():
+        for pid in holders(held):
             counts[pid] = counts.get(pid, 0) + 1
         for pid, n in counts.items():
             per_pid_max[pid] = max(per_pid_max.get(pid, 0), n)
@@ -354,8 +336,8 @@ def test_a_burst_beyond_the_connections_is_refused_politely_and_every_call_finis
     assert len(log.finished) >= CLIENTS, f"only {len(log.finished)} calls finished"
 
     # Instances hold one connection each; the sweepers up to two.
-    over = {(pid, function_of(pid)): n for pid, n in per_pid_max.items()
-            if n > (2 if function_of(pid) in SWEEPERS else 1)}
+    over = {(pid, process_name(pid)): n for pid, n in per_pid_max.items()
+            if n > (2 if process_name(pid) in SWEEPERS else 1)}
     assert not over, f"instances holding more connections than they may: {over}"
     assert held_max <= budget
 
@@ -377,10 +359,7 @@ def test_a_burst_beyond_the_connections_is_refused_politely_and_every_call_finis
     # invoked every second, stay busy and keep theirs), and a new call goes through without a
     # single refusal.
     def api_holders() -> list[str]:
-        held = service_connections()
-        ports = {host.rsplit(":", 1)[-1] for _, host in held if ":" in host}
-        found = [function_of(pid) for pid in owners(ports).values()]
-        return [name for name in found if name not in SWEEPERS]
+        return [n for n in map(process_name, holders()) if n not in SWEEPERS]
 
     burst_over = time.monotonic()
     while api_holders() and time.monotonic() < burst_over + IDLE_S + 3:

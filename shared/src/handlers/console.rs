@@ -56,21 +56,9 @@ pub fn page_html(page: &str, lang: Lang) -> String {
     page.replace("{{lang}}", lang.pick("zh-CN", "en"))
 }
 
+/// Short-lived: a deploy reaches open consoles within minutes.
 fn answer(content_type: &str, body: String) -> Response<Body> {
-    let mut response = Response::new(Body::Text(body));
-    let headers = response.headers_mut();
-    for (name, value) in [
-        ("content-type", content_type),
-        // Short: a deploy reaches open consoles within minutes.
-        ("cache-control", "public, max-age=300"),
-        ("x-content-type-options", "nosniff"),
-        ("referrer-policy", "no-referrer"),
-    ] {
-        if let Ok(value) = http::HeaderValue::from_str(value) {
-            headers.insert(name, value);
-        }
-    }
-    response
+    super::static_answer(content_type, 300, Body::Text(body))
 }
 
 /// The operator console
@@ -88,12 +76,10 @@ pub(crate) fn console_page(console: &Console, lang: Lang) -> Response<Body> {
         "text/html; charset=utf-8",
         page_html(console.assets.page, lang),
     );
-    let headers = response.headers_mut();
-    headers.insert("vary", http::HeaderValue::from_static("Accept-Language"));
-    if let Ok(policy) = http::HeaderValue::from_str(PAGE_POLICY) {
-        headers.insert("content-security-policy", policy);
-    }
     response
+        .headers_mut()
+        .insert("vary", http::HeaderValue::from_static("Accept-Language"));
+    super::with_policy(response, PAGE_POLICY)
 }
 
 /// The console's script

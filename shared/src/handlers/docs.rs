@@ -53,20 +53,6 @@ impl Docs {
     }
 }
 
-fn answer(content_type: &str, max_age: u32, body: Body) -> Response<Body> {
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(value) = http::HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    };
-    put("content-type", content_type.to_owned());
-    put("cache-control", format!("public, max-age={max_age}"));
-    put("x-content-type-options", "nosniff".to_owned());
-    response
-}
-
 /// The OpenAPI document
 ///
 /// This API's OpenAPI 3.1 document (what the docs page renders).
@@ -75,7 +61,7 @@ fn answer(content_type: &str, max_age: u32, body: Body) -> Response<Body> {
     responses((status = 200, description = "The document.", body = Object)),
 )]
 pub(crate) fn openapi_json(docs: &Docs) -> Response<Body> {
-    answer("application/json", 300, Body::Text(docs.document.clone()))
+    super::static_answer("application/json", 300, Body::Text(docs.document.clone()))
 }
 
 /// The docs page
@@ -87,13 +73,9 @@ pub(crate) fn openapi_json(docs: &Docs) -> Response<Body> {
         body = String)),
 )]
 pub(crate) fn docs_page() -> Response<Body> {
-    let mut response = answer("text/html; charset=utf-8", 300, Body::Text(PAGE.to_owned()));
-    if let Ok(policy) = http::HeaderValue::from_str(PAGE_POLICY) {
-        response
-            .headers_mut()
-            .insert("content-security-policy", policy);
-    }
-    response
+    let response =
+        super::static_answer("text/html; charset=utf-8", 300, Body::Text(PAGE.to_owned()));
+    super::with_policy(response, PAGE_POLICY)
 }
 
 /// The docs page's renderer
@@ -105,7 +87,7 @@ pub(crate) fn docs_page() -> Response<Body> {
         body = String)),
 )]
 pub(crate) fn docs_asset(docs: &Docs) -> Response<Body> {
-    answer(
+    super::static_answer(
         "text/javascript; charset=utf-8",
         86_400,
         Body::Text(docs.redoc_js.to_owned()),

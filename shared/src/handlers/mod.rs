@@ -43,3 +43,37 @@ pub mod routes {
     pub const ROOM_EVENTS: &str = "/api/rooms/{room_name}/events";
     pub const OVERVIEW: &str = "/api/overview";
 }
+
+/// A static page or asset of this service (the docs, the console): its type, how long a
+/// browser may keep it, no sniffing, no referrer.
+pub(crate) fn static_answer(
+    content_type: &str,
+    max_age: u32,
+    body: lambda_http::Body,
+) -> lambda_http::Response<lambda_http::Body> {
+    let mut response = lambda_http::Response::new(body);
+    let headers = response.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    };
+    put("content-type", content_type.to_owned());
+    put("cache-control", format!("public, max-age={max_age}"));
+    put("x-content-type-options", "nosniff".to_owned());
+    put("referrer-policy", "no-referrer".to_owned());
+    response
+}
+
+/// `response` with this Content-Security-Policy.
+pub(crate) fn with_policy(
+    mut response: lambda_http::Response<lambda_http::Body>,
+    policy: &'static str,
+) -> lambda_http::Response<lambda_http::Body> {
+    if let Ok(policy) = http::HeaderValue::from_str(policy) {
+        response
+            .headers_mut()
+            .insert("content-security-policy", policy);
+    }
+    response
+}

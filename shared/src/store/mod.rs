@@ -389,15 +389,6 @@ struct Kept {
 
 type PinnedSlot = tokio::sync::Mutex<Option<Kept>>;
 
-/// A number in `range`, from the system's randomness (the range's start if there is none).
-fn random_in(range: std::ops::Range<u64>) -> u64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() || range.is_empty() {
-        return range.start;
-    }
-    range.start + u64::from_le_bytes(bytes) % (range.end - range.start)
-}
-
 #[derive(Clone)]
 pub struct Store {
     pool: DbPool,
@@ -614,7 +605,10 @@ impl Store {
         loop {
             match self.pool.acquire().await {
                 Err(err) if is_out_of_connections(&err) => {
-                    let pause = Duration::from_millis(random_in(FULL_PAUSE_MS));
+                    let spread = (FULL_PAUSE_MS.end - FULL_PAUSE_MS.start) as f64;
+                    let pause = Duration::from_millis(
+                        FULL_PAUSE_MS.start + (crate::delivery::random_jitter() * spread) as u64,
+                    );
                     if Instant::now() + pause >= give_up {
                         return Err(err);
                     }
