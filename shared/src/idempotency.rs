@@ -332,45 +332,21 @@ mod tests {
     #[test]
     fn the_fingerprint_ignores_key_order_and_spacing_but_not_values_or_paths() {
         let route = "/api/rooms/{room_name}/end";
-        let a = fingerprint(
-            &request(
-                None,
-                "/api/rooms/r1/end",
-                r#"{"a":1,"b":[1,{"y":2,"x":3}]}"#,
-            ),
-            route,
-        );
-        let b = fingerprint(
-            &request(
-                None,
-                "/api/rooms/r1/end",
-                r#"{ "b": [1, {"x":3, "y":2}], "a": 1 }"#,
-            ),
-            route,
+        let fp = |path: &str, body: &str| fingerprint(&request(None, path, body), route);
+        let a = fp("/api/rooms/r1/end", r#"{"a":1,"b":[1,{"y":2,"x":3}]}"#);
+        let b = fp(
+            "/api/rooms/r1/end",
+            r#"{ "b": [1, {"x":3, "y":2}], "a": 1 }"#,
         );
         assert_eq!(a, b);
-        let other_value = fingerprint(
-            &request(
-                None,
-                "/api/rooms/r1/end",
-                r#"{"a":2,"b":[1,{"y":2,"x":3}]}"#,
-            ),
-            route,
-        );
-        let other_path = fingerprint(
-            &request(
-                None,
-                "/api/rooms/r2/end",
-                r#"{"a":1,"b":[1,{"y":2,"x":3}]}"#,
-            ),
-            route,
-        );
+        let other_value = fp("/api/rooms/r1/end", r#"{"a":2,"b":[1,{"y":2,"x":3}]}"#);
+        let other_path = fp("/api/rooms/r2/end", r#"{"a":1,"b":[1,{"y":2,"x":3}]}"#);
         assert_ne!(a, other_value);
         assert_ne!(a, other_path);
         // The same name, percent-encoded or not.
         assert_eq!(
-            fingerprint(&request(None, "/api/rooms/caf%C3%A9/end", ""), route),
-            fingerprint(&request(None, "/api/rooms/%63af%C3%A9/end", ""), route),
+            fp("/api/rooms/caf%C3%A9/end", ""),
+            fp("/api/rooms/%63af%C3%A9/end", ""),
         );
     }
 

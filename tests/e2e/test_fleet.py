@@ -364,10 +364,10 @@ def test_a_burst_beyond_the_connections_is_refused_politely_and_every_call_finis
     burst_over = time.monotonic()
     while api_holders() and time.monotonic() < burst_over + IDLE_S + 3:
         time.sleep(0.25)
-    holders = api_holders()
+    still_held = api_holders()
     released_after = time.monotonic() - burst_over
     print(f"[fleet] API connections back after {released_after:.1f}s (idle time {IDLE_S}s)")
-    assert not holders, f"still held {IDLE_S + 3}s after the burst by: {sorted(holders)}"
+    assert not still_held, f"still held {IDLE_S + 3}s after the burst by: {sorted(still_held)}"
     after = Log()
     Client(99, svc, after, random.Random(SEED)).call(1)
     assert after.finished and all(a.status in (200,) for a in after.answers), after.answers

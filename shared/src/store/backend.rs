@@ -60,31 +60,30 @@ mod mysql {
     async fn session_limits(conn: &mut MySqlConnection, idle: Duration) -> Result<(), sqlx::Error> {
         use crate::store::{LOCK_WAIT, STATEMENT_TIMEOUT};
         let lock_wait = LOCK_WAIT.as_secs().max(1);
-        let set = format!(
+        let common = format!(
             "SET SESSION innodb_lock_wait_timeout = {lock_wait}, lock_wait_timeout = {lock_wait}, \
              wait_timeout = {}",
             idle.as_secs().max(1)
         );
-        sqlx::raw_sql(AssertSqlSafe(set))
-            .execute(&mut *conn)
-            .await?;
-        // The statement limit is named differently by the two servers: MariaDB's
-        // max_statement_time (seconds, every statement), MySQL 8's max_execution_time
-        // (milliseconds, SELECT only; InnoDB's lock wait bounds its writes).
-        let mariadb = format!(
-            "SET SESSION max_statement_time = {}", // portable-sql: allow max-statement-time (MySQL falls back below)
-            STATEMENT_TIMEOUT.as_secs_f64()
+        // The statement limit is named differently by the two servers: MySQL 8's
+        // max_execution_time (milliseconds, SELECT only; InnoDB's lock wait bounds its writes),
+        // MariaDB's max_statement_time (seconds, every statement). MySQL (Aurora, production)
+        // is tried first, so it connects in one round trip; a SET naming an unknown variable
+        // sets nothing, and MariaDB then takes its own.
+        let mysql = format!(
+            "{common}, max_execution_time = {}",
+            STATEMENT_TIMEOUT.as_millis()
         );
-        match sqlx::raw_sql(AssertSqlSafe(mariadb))
+        match sqlx::raw_sql(AssertSqlSafe(mysql))
             .execute(&mut *conn)
             .await
         {
             Err(err) if unknown_variable(&err) => {
-                let mysql = format!(
-                    "SET SESSION max_execution_time = {}",
-                    STATEMENT_TIMEOUT.as_millis()
+                let mariadb = format!(
+                    "{common}, max_statement_time = {}", // portable-sql: allow max-statement-time (MariaDB only, after MySQL refused)
+                    STATEMENT_TIMEOUT.as_secs_f64()
                 );
-                sqlx::raw_sql(AssertSqlSafe(mysql))
+                sqlx::raw_sql(AssertSqlSafe(mariadb))
                     .execute(&mut *conn)
                     .await?;
             }
