@@ -309,6 +309,16 @@ mod tests {
     }
 
     #[test]
+    fn the_sweeper_leaves_a_queued_livekit_call_to_its_request_until_that_request_is_over() {
+        let timeout = api_function_timeout();
+        let grace = crate::sweeper::INLINE_ATTEMPT_GRACE;
+        assert!(
+            grace >= timeout,
+            "INLINE_ATTEMPT_GRACE {grace:?} ends before the template's {timeout:?}"
+        );
+    }
+
+    #[test]
     fn one_attempt_of_every_database_wait_fits_the_request_deadline() {
         use crate::store::{ACQUIRE_TIMEOUT, LOCK_WAIT, RETRY_WINDOW, STATEMENT_TIMEOUT};
         // A lock wait ends the statement before the statement limit would.

@@ -20,6 +20,11 @@ pub const BATCH: i64 = 100;
 pub const RECONCILE_GRACE: Duration = Duration::from_secs(120);
 /// LiveKit calls (DeleteRoom, RemoveParticipant) attempted before they are given up.
 pub const MAX_TEARDOWN_ATTEMPTS: i32 = 10;
+/// How long a queued DeleteRoom or RemoveParticipant is left to the request that queued it.
+/// That request tries it right after its commit; taking the row sooner would send LiveKit the
+/// same call twice. The API functions' Timeout (a test in http.rs holds this to it): once it
+/// has passed, the request that queued the row is over, however it ended.
+pub const INLINE_ATTEMPT_GRACE: Duration = Duration::from_secs(10);
 pub const WEBHOOK_ID_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Default, Clone, PartialEq, Serialize)]
@@ -178,7 +183,11 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
                 }
             }
         }
-        for (room, attempts) in app.store.pending_teardowns(BATCH).await? {
+        for (room, attempts) in app
+            .store
+            .pending_teardowns(before(now, INLINE_ATTEMPT_GRACE), BATCH)
+            .await?
+        {
             if attempts >= MAX_TEARDOWN_ATTEMPTS {
                 tracing::error!(room_name = %room, attempts, "giving up LiveKit DeleteRoom");
                 app.store.teardown_done(&room).await?;
@@ -197,7 +206,11 @@ pub async fn sweep(app: &App, now: Now) -> Result<SweepReport, ApiError> {
                 }
             }
         }
-        for (room, uid, attempts) in app.store.pending_removals(BATCH).await? {
+        for (room, uid, attempts) in app
+            .store
+            .pending_removals(before(now, INLINE_ATTEMPT_GRACE), BATCH)
+            .await?
+        {
             if attempts >= MAX_TEARDOWN_ATTEMPTS {
                 tracing::error!(room_name = %room, uid, attempts, "giving up LiveKit RemoveParticipant");
                 app.store.removal_done(&room, &uid).await?;

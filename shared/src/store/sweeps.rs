@@ -6,13 +6,20 @@ use super::calls::Change;
 use super::*;
 
 impl Store {
-    /// Rooms whose LiveKit room still has to be deleted, oldest first.
-    pub async fn pending_teardowns(&self, limit: i64) -> Result<Vec<(String, i32)>, ApiError> {
+    /// Rooms whose LiveKit room still has to be deleted, queued at or before `queued_by`,
+    /// oldest first.
+    pub async fn pending_teardowns(
+        &self,
+        queued_by: Now,
+        limit: i64,
+    ) -> Result<Vec<(String, i32)>, ApiError> {
         let rows = self
             .with_conn(async |conn: &mut DbConnection| {
                 sqlx::query_as(
-                    "SELECT room_name, attempts FROM livekit_teardown ORDER BY created_at LIMIT ?",
+                    "SELECT room_name, attempts FROM livekit_teardown WHERE created_at <= ? \
+                     ORDER BY created_at LIMIT ?",
                 )
+                .bind(queued_by.at)
                 .bind(limit)
                 .fetch_all(conn)
                 .await
@@ -38,17 +45,20 @@ impl Store {
         .await
     }
 
-    /// Participants LiveKit still has to remove, oldest first: (room, uid, attempts).
+    /// Participants LiveKit still has to remove, queued at or before `queued_by`, oldest
+    /// first: (room, uid, attempts).
     pub async fn pending_removals(
         &self,
+        queued_by: Now,
         limit: i64,
     ) -> Result<Vec<(String, String, i32)>, ApiError> {
         let rows = self
             .with_conn(async |conn: &mut DbConnection| {
                 sqlx::query_as(
-                    "SELECT room_name, uid, attempts FROM livekit_removal \
+                    "SELECT room_name, uid, attempts FROM livekit_removal WHERE created_at <= ? \
                      ORDER BY created_at LIMIT ?",
                 )
+                .bind(queued_by.at)
                 .bind(limit)
                 .fetch_all(conn)
                 .await

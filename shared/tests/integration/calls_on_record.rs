@@ -1602,7 +1602,13 @@ async fn a_failed_livekit_removal_is_retried_by_the_sweep(pool: DbPool) {
     );
 
     stub.set_failing(false);
-    let report = sweep(&app, Now::current()).await.expect("sweep");
+    // Inside the grace the row still belongs to the request that queued it.
+    let early = sweep(&app, Now::current()).await.expect("sweep");
+    assert_eq!((early.removals_done, early.removals_failed), (0, 0));
+    assert_eq!(stub.removed().len(), 1, "not sent twice");
+    let grace = call_shared::sweeper::INLINE_ATTEMPT_GRACE.as_millis();
+    let after = Now::from_millis(Now::current().ms + i64::try_from(grace).expect("ms"));
+    let report = sweep(&app, after.expect("instant")).await.expect("sweep");
     assert_eq!(report.removals_done, 1);
     assert_eq!(
         stub.removed(),

@@ -53,6 +53,12 @@ fn later(secs: i64) -> Now {
     Now::from_millis(Now::current().ms + secs * 1000).expect("instant")
 }
 
+/// A sweep's clock once the request that queued a LiveKit call is over.
+fn after_the_inline_attempt() -> Now {
+    let grace = call_shared::sweeper::INLINE_ATTEMPT_GRACE.as_secs();
+    later(i64::try_from(grace).expect("seconds"))
+}
+
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn a_webhook_without_a_valid_signature_is_401(pool: DbPool) {
     let (app, _stub) = app_with_livekit(pool.clone(), &[]).await;
@@ -398,7 +404,13 @@ async fn a_livekit_failure_never_blocks_the_change_and_the_sweeper_retries(pool:
     assert_eq!(pending, vec!["r1".to_string()]);
 
     stub.set_failing(false);
-    let report = sweep(&app, Now::current()).await.expect("sweep");
+    // Inside the grace the row still belongs to the request that queued it.
+    let early = sweep(&app, Now::current()).await.expect("sweep");
+    assert_eq!((early.teardowns_done, early.teardowns_failed), (0, 0));
+    assert_eq!(stub.deleted(), vec!["r1".to_string()], "tried once, inline");
+    let report = sweep(&app, after_the_inline_attempt())
+        .await
+        .expect("sweep");
     assert_eq!(report.teardowns_done, 1);
     assert_eq!(stub.deleted(), vec!["r1".to_string(), "r1".to_string()]);
     let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM livekit_teardown")
@@ -673,13 +685,17 @@ async fn a_livekit_that_refuses_our_credentials_leaves_the_work_queued(pool: DbP
 
     let max = call_shared::sweeper::MAX_TEARDOWN_ATTEMPTS;
     for _ in 1..max {
-        sweep(&app, Now::current()).await.expect("sweep");
+        sweep(&app, after_the_inline_attempt())
+            .await
+            .expect("sweep");
     }
     assert_eq!(
         pending(&pool, "livekit_teardown").await,
         vec![("r2".to_string(), max)]
     );
-    let last = sweep(&app, Now::current()).await.expect("sweep");
+    let last = sweep(&app, after_the_inline_attempt())
+        .await
+        .expect("sweep");
     assert_eq!((last.teardowns_failed, last.removals_failed), (1, 1));
     assert!(
         pending(&pool, "livekit_teardown").await.is_empty(),
