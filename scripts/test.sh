@@ -92,7 +92,7 @@ ls -l target/lambda/health/bootstrap.zip
 
 log "end-to-end: the local main job over HTTP (and the API contract: Chromium, schemathesis)"
 ensure_chromium
-python -m pytest tests/e2e -q
+python -m pytest tests/e2e -q --durations=25
 
 # Benchmark harness smoke run: every phase of scripts/bench.sh once, with tiny counts on the
 # debug build and no thresholds, so a broken harness fails here; its report goes to a

@@ -370,6 +370,22 @@ class Simulation:
             self.guard[(room, uid)] = max(at, self.guard.get((room, uid), -1))
         self.bus.emit(rng, kind, room, uid, at)
 
+    def story_of_room(self, room: str) -> dict:
+        """What the database holds of a room (its row, its rows, its events in order), so a
+        violation shows what changed it and when."""
+        try:
+            db = self.service.db
+            return {
+                "room": db.rows("SELECT status, end_reason, updated_at, deadline FROM call_room "
+                                "WHERE room_name = ?", room),
+                "rows": db.rows("SELECT uid, status, reason, updated_at FROM call_participant "
+                                "WHERE room_name = ? ORDER BY id", room),
+                "events": db.rows("SELECT seq, type, occurred_at FROM call_event "
+                                  "WHERE room_name = ? ORDER BY seq", room),
+            }
+        except Exception as err:  # diagnostics only
+            return {"error": repr(err)}
+
     def snapshot_of_uid(self, uid: str) -> list:
         try:
             return self.service.db.rows(
@@ -417,17 +433,20 @@ class Simulation:
             return f"http_{reply.status}"
         return key
 
-    def expect(self, label: str, reply: Reply, allowed: set[str], ctx: str = "") -> str:
+    def expect(self, label: str, reply: Reply, allowed: set[str], ctx: str = "",
+               room: Optional[str] = None) -> str:
         got = self.outcome(label, reply)
         self.count("outcomes", label, got)
         if got not in allowed and not got.startswith("http_5"):
-            self.violation(f"{label} {ctx}: expected {sorted(allowed)}, got {reply!r}")
+            story = f"; the room as it is now: {self.story_of_room(room)}" if room else ""
+            self.violation(f"{label} {ctx}: expected {sorted(allowed)}, got {reply!r}{story}")
         return got
 
-    def illegal(self, label: str, reply: Reply, keys: set[str], ctx: str = "") -> str:
+    def illegal(self, label: str, reply: Reply, keys: set[str], ctx: str = "",
+                room: Optional[str] = None) -> str:
         """A request that must be refused: a 4xx with one of `keys` (exactly one where the
-        outcome is determined)."""
-        got = self.expect(f"illegal {label}", reply, keys, ctx)
+        outcome is determined). `room`: whose rows and events a violation shows."""
+        got = self.expect(f"illegal {label}", reply, keys, ctx, room)
         self.count("illegal", got)
         self.count("illegal by request", label, got)
         return got
@@ -989,15 +1008,15 @@ class Simulation:
             if kind == 0:
                 reply = self.call("join-room", "POST", "/api/participants/join",
                                   {"room_name": room.name, "uid": uid}, as_uid=uid)
-                self.illegal("join a final room", reply, {"room_not_active"})
+                self.illegal("join a final room", reply, {"room_not_active"}, room=room.name)
             elif kind == 1:
                 reply = self.call("invite", "POST", f"/api/rooms/{room.name}/invite",
                                   {"uids": [rng.choice(self.pool)]}, as_uid=room.creator)
-                self.illegal("invite into a final room", reply, {"room_not_active"})
+                self.illegal("invite into a final room", reply, {"room_not_active"}, room=room.name)
             elif kind == 2:
                 reply = self.call("room-status", "PUT", f"/api/rooms/{room.name}/status",
                                   {"status": 1})
-                self.illegal("start a final room", reply, {"invalid_transition"})
+                self.illegal("start a final room", reply, {"invalid_transition"}, room=room.name)
             elif kind == 3:
                 reply = self.call("end-room", "POST", f"/api/rooms/{room.name}/end",
                                   as_uid=room.creator)
@@ -1012,7 +1031,8 @@ class Simulation:
                     got = self.expect("leave again", reply, {"ok"})
                     self.count("repeats", "leave again " + got)
                 else:
-                    self.illegal(f"leave from {st[uid]}", reply, {"invalid_transition"})
+                    self.illegal(f"leave from {st[uid]}", reply, {"invalid_transition"},
+                                 room=room.name)
             elif kind == 5:
                 reply = self.call("participant-status", "PUT",
                                   f"/api/rooms/{room.name}/participants/{uid}/status",
@@ -1021,7 +1041,8 @@ class Simulation:
                     self.expect("reject again", reply, {"ok"})
                     self.count("repeats", "reject again")
                 else:
-                    self.illegal(f"reject from {st[uid]}", reply, {"invalid_transition"})
+                    self.illegal(f"reject from {st[uid]}", reply, {"invalid_transition"},
+                                 room=room.name)
             else:
                 self.bus.emit(rng, "room_finished", room.name, None, int(time.time()))
 
@@ -1029,24 +1050,24 @@ class Simulation:
         # Ringing, rung out, busied or cancelled meanwhile: never joined, so never leavable.
         reply = self.call("leave-room", "POST", "/api/participants/leave",
                           {"room_name": room.name, "uid": uid}, as_uid=uid)
-        self.illegal("leave while ringing", reply, {"invalid_transition"})
+        self.illegal("leave while ringing", reply, {"invalid_transition"}, room=room.name)
 
     def illegal_reject_joined(self, rng, room, uid):
         reply = self.call("participant-status", "PUT",
                           f"/api/rooms/{room.name}/participants/{uid}/status",
                           {"status": REJECTED}, as_uid=uid)
-        self.illegal("reject when joined", reply, {"invalid_transition"})
+        self.illegal("reject when joined", reply, {"invalid_transition"}, room=room.name)
 
     def illegal_cancel_joined(self, rng, room, uid):
         reply = self.call("participant-status", "PUT",
                           f"/api/rooms/{room.name}/participants/{uid}/status",
                           {"status": CANCELLED}, as_uid=room.creator)
-        self.illegal("cancel a joined row", reply, {"invalid_transition"})
+        self.illegal("cancel a joined row", reply, {"invalid_transition"}, room=room.name)
 
     def illegal_leave_closed(self, rng, room, uid, status):
         reply = self.call("leave-room", "POST", "/api/participants/leave",
                           {"room_name": room.name, "uid": uid}, as_uid=uid)
-        self.illegal(f"leave from {status}", reply, {"invalid_transition"})
+        self.illegal(f"leave from {status}", reply, {"invalid_transition"}, room=room.name)
 
     def illegal_reject_without_row(self, rng, room, w):
         uid = self.stranger(w)
@@ -1058,7 +1079,7 @@ class Simulation:
         uid = self.stranger(w)
         reply = self.call("leave-room", "POST", "/api/participants/leave",
                           {"room_name": room.name, "uid": uid}, as_uid=uid)
-        self.illegal("leave without a row", reply, {"participant_not_found"})
+        self.illegal("leave without a row", reply, {"participant_not_found"}, room=room.name)
 
     def illegal_name_taken(self, rng, room, w):
         reply = self.call("create-room", "POST", "/api/rooms",
@@ -1101,7 +1122,8 @@ class Simulation:
         if stable:
             reply = self.call("join-room", "POST", "/api/participants/join",
                               {"room_name": room.name, "uid": uid}, as_uid=uid)
-            self.illegal("join a full room", reply, {"room_full"})
+            self.illegal("join a full room", reply, {"room_full"}, f"{room.name}/{uid}",
+                         room=room.name)
         else:
             with self.lock:
                 room.members.add(uid)
