@@ -724,6 +724,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// The deploy check reads the names from these definitions; each must also be in ALL.
+    #[test]
+    fn every_metric_defined_is_listed_in_all() {
+        let defined: Vec<&str> = include_str!("metrics.rs")
+            .lines()
+            .filter(|line| line.starts_with("pub const ") && line.contains(": Metric = "))
+            .filter_map(|line| line.split('"').nth(1))
+            .collect();
+        assert_eq!(defined, metric_names());
+    }
+
     #[test]
     fn metric_names_are_unique() {
         let mut names = metric_names();
