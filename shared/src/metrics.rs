@@ -242,7 +242,16 @@ impl Invocation {
             }
         }
         docs.iter()
-            .map(|doc| doc.render(namespace, timestamp_ms))
+            .map(|doc| {
+                let mut rendered = doc.render(namespace, timestamp_ms);
+                // Every document says which function printed it, a dimension or not (a plain
+                // member: free, and how a reader of the logs tells invocations apart).
+                if let Some(root) = rendered.as_object_mut() {
+                    root.entry("Function")
+                        .or_insert_with(|| Value::String(self.function.to_owned()));
+                }
+                rendered
+            })
             .collect()
     }
 }
