@@ -5,6 +5,8 @@
 - the local router in Cargo.toml ([workspace.metadata.lambda.watch.router]),
 - template.yaml (the SAM functions, their HttpApi routes, schedule and custom resource),
 
+that every function has its Errors and Throttles alarms, that the dashboard and the alarms
+name only metrics of the service's namespace that the code emits (shared/src/metrics.rs),
 and that the functions' reserved concurrency fits the database connection budget: for every
 ConnectionBudget the template allows, the sum over functions of reserved concurrency times
 connections per instance (Metadata DatabaseConnections) is at most that budget, and every
@@ -17,6 +19,8 @@ Prints every mismatch and exits 1, or prints a one-line summary and exits 0.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -171,6 +175,8 @@ def check(root: Path) -> tuple[list[str], dict[str, int]]:
             f"template.yaml {binaries[name]} has no route, schedule or custom resource: nothing invokes it"
         )
     problems += check_connection_budget(template)
+    problems += check_alarms(resources, binaries)
+    problems += check_metric_names(root, resources)
     return problems, {"functions": len(binaries), "routes": len(template_routes)}
 
 
@@ -214,6 +220,100 @@ def check_connection_budget(template: dict) -> list[str]:
                 f"template.yaml: ConnectionBudget {budget} is exceeded: the reserved instances hold "
                 f"up to {total} connections"
             )
+    return problems
+
+
+# The metrics the code emits: `pub const NAME: Metric = sum("Name", ...)` or `dist("Name", ...)`.
+RUST_METRIC = re.compile(r'pub const \w+: Metric = (?:sum|dist)\(\s*"(\w+)"')
+# The service's namespace as the template names it (the parameter).
+NAMESPACE = "${MetricsNamespace}"
+
+
+def emitted_metrics(root: Path) -> set[str]:
+    """The metric names shared/src/metrics.rs defines."""
+    source = (root / "shared" / "src" / "metrics.rs").read_text(encoding="utf-8")
+    return set(RUST_METRIC.findall(source))
+
+
+def check_alarms(resources: dict, binaries: dict[str, str]) -> list[str]:
+    """Every function has an Errors and a Throttles alarm on its own FunctionName."""
+    problems = []
+    alarmed: set[tuple[str, str]] = set()
+    for resource in resources.values():
+        if resource.get("Type") != "AWS::CloudWatch::Alarm":
+            continue
+        props = resource.get("Properties", {})
+        if props.get("Namespace") != "AWS/Lambda":
+            continue
+        for dim in props.get("Dimensions", []):
+            if dim.get("Name") == "FunctionName" and isinstance(dim.get("Value"), dict):
+                alarmed.add((dim["Value"].get("Ref"), props.get("MetricName")))
+    for binary, logical_id in sorted(binaries.items()):
+        for metric in ("Errors", "Throttles"):
+            if (logical_id, metric) not in alarmed:
+                problems.append(
+                    f"template.yaml {logical_id} ({binary}) has no {metric} alarm "
+                    f"(AWS::CloudWatch::Alarm on AWS/Lambda {metric}, FunctionName !Ref {logical_id})"
+                )
+    return problems
+
+
+def _sub_text(value) -> str:
+    """The text of a !Sub (either form), else ""."""
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        return sub[0] if isinstance(sub, list) else str(sub)
+    return value if isinstance(value, str) else ""
+
+
+def named_metrics(text: str) -> set[str]:
+    """Metric names of the service's namespace in dashboard JSON or alarm expressions: metric
+    arrays ["${MetricsNamespace}", "Name", ...], SEARCH('{${MetricsNamespace},...}
+    MetricName="Name"') and SELECT F(Name) FROM SCHEMA("${MetricsNamespace}", ...)."""
+    ns = re.escape(NAMESPACE)
+    found = set(re.findall(r'\[\s*"' + ns + r'"\s*,\s*"(\w+)"', text))
+    found |= set(re.findall(r"\{" + ns + r"[^}]*\}[^']*?MetricName=\\?\"(\w+)", text))
+    found |= set(re.findall(r"SELECT\s+\w+\((\w+)\)\s+FROM\s+SCHEMA\(\"" + ns, text))
+    return found
+
+
+def dashboard_metrics(resources: dict) -> tuple[set[str], list[str]]:
+    """The service's metric names every dashboard shows, and problems reading them."""
+    names: set[str] = set()
+    problems = []
+    for logical_id, resource in resources.items():
+        if resource.get("Type") != "AWS::CloudWatch::Dashboard":
+            continue
+        body = _sub_text(resource.get("Properties", {}).get("DashboardBody"))
+        try:
+            # Every ${...} substitution stands in a JSON string; the body must be JSON.
+            json.loads(re.sub(r"\$\{[^}]+\}", "x", body))
+        except ValueError as err:
+            problems.append(f"template.yaml {logical_id}: DashboardBody is not JSON once substituted: {err}")
+        names |= named_metrics(body)
+    return names, problems
+
+
+def check_metric_names(root: Path, resources: dict) -> list[str]:
+    """The dashboard and the alarms name only metrics the code emits."""
+    emitted = emitted_metrics(root)
+    if not emitted:
+        return ["shared/src/metrics.rs: no metric found (pub const NAME: Metric = sum/dist(...))"]
+    shown, problems = dashboard_metrics(resources)
+    if not shown:
+        problems.append("template.yaml: no dashboard shows any of the service's metrics")
+    for name in sorted(shown - emitted):
+        problems.append(f"template.yaml dashboard shows {name}, which shared/src/metrics.rs does not emit")
+    for logical_id, resource in resources.items():
+        if resource.get("Type") != "AWS::CloudWatch::Alarm":
+            continue
+        props = resource.get("Properties", {})
+        texts = [_sub_text(m.get("Expression")) for m in props.get("Metrics", [])]
+        named = set().union(*(named_metrics(t) for t in texts)) if texts else set()
+        if props.get("Namespace") == {"Ref": "MetricsNamespace"}:
+            named.add(props.get("MetricName"))
+        for name in sorted(named - emitted):
+            problems.append(f"template.yaml {logical_id} alarms on {name}, which shared/src/metrics.rs does not emit")
     return problems
 
 

@@ -333,8 +333,12 @@ impl Deliverer {
                 inline: mode == Mode::Inline,
                 at: at.at,
             };
+            let lag_ms = event
+                .created_at
+                .map(|committed| (at.at - committed).num_milliseconds().max(0) as f64);
             match answer {
                 Answer::Delivered(status) => {
+                    record_attempt(&endpoint.key, "delivered", lag_ms);
                     record.http_status = Some(status.into());
                     recovered |= update.attempts > 0 || mode == Mode::Sweep;
                     report.delivered += 1;
@@ -343,6 +347,7 @@ impl Deliverer {
                     records.push(record);
                 }
                 Answer::Refused(status) => {
+                    record_attempt(&endpoint.key, "gave_up", None);
                     record.http_status = Some(status.into());
                     record.outcome = "gave_up";
                     record.error = Some(format!("HTTP {status}: not retried"));
@@ -365,6 +370,7 @@ impl Deliverer {
                     let Some(retry_at) =
                         next_attempt_at(&self.settings, since, at.at, failures, jitter)
                     else {
+                        record_attempt(&endpoint.key, "gave_up", None);
                         record.outcome = "gave_up";
                         report.gave_up += 1;
                         update = finish(event.seq, at);
@@ -372,6 +378,7 @@ impl Deliverer {
                         records.push(record);
                         continue;
                     };
+                    record_attempt(&endpoint.key, "failed", None);
                     record.outcome = "failed";
                     report.failed += 1;
                     update.failing_since = Some(since);
@@ -439,7 +446,7 @@ impl Deliverer {
             let answer = self
                 .attempt(endpoint, &pending, self.settings.timeout)
                 .await;
-            let (outcome, http_status, error) = match answer {
+            let (outcome, http_status, error): (&'static str, _, _) = match answer {
                 Answer::Delivered(status) => {
                     report.delivered += 1;
                     ("delivered", Some(status), None)
@@ -457,6 +464,11 @@ impl Deliverer {
                     ("failed", status, Some(error))
                 }
             };
+            // A repeat the operator asked for: counted as an attempt, never as given up.
+            crate::metrics::count(
+                &crate::metrics::EVENT_ATTEMPTS,
+                &[endpoint.key.clone().into(), outcome.into()],
+            );
             records.push(AttemptRecord {
                 event_id: event.event_id.clone(),
                 endpoint: endpoint.key.clone(),
@@ -491,6 +503,7 @@ impl Deliverer {
         for event in &events {
             for key in event.endpoints.split(',').filter(|k| !k.is_empty()) {
                 if self.endpoints.iter().all(|e| e.key != key) {
+                    record_attempt(key, "gave_up", None);
                     finished.push(event.id);
                     records.push(AttemptRecord {
                         event_id: event.event_id.clone(),
@@ -566,6 +579,23 @@ impl Deliverer {
 /// See [`Deliverer::grace`]: the inline budget and a second.
 pub fn grace(settings: &DeliverySettings) -> Duration {
     settings.inline_budget + Duration::from_secs(1)
+}
+
+/// One attempt in the invocation's metrics: by endpoint key and outcome, the lag from commit
+/// of a delivered event, and a given-up event. Endpoint keys are configuration (a handful),
+/// never a room or a uid.
+pub fn record_attempt(endpoint: &str, outcome: &'static str, lag_ms: Option<f64>) {
+    use crate::metrics::{self, DELIVERY_LAG, EVENT_ATTEMPTS, EVENTS_GIVEN_UP};
+    metrics::count(
+        &EVENT_ATTEMPTS,
+        &[endpoint.to_owned().into(), outcome.into()],
+    );
+    if let Some(lag) = lag_ms {
+        metrics::record(&DELIVERY_LAG, &[endpoint.to_owned().into()], lag);
+    }
+    if outcome == "gave_up" {
+        metrics::count(&EVENTS_GIVEN_UP, &[endpoint.to_owned().into()]);
+    }
 }
 
 /// The stream after `seq` was finished (delivered or given up): its failures are over.

@@ -269,7 +269,11 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if crate::database::is_unavailable(&err) || crate::database::is_retryable(&err) {
+        if crate::database::is_unavailable(&err) {
+            // Counted as a refusal for lack of a database connection if it becomes the answer.
+            crate::metrics::note_db_unavailable();
+            ApiError::ServiceUnavailable(err.to_string())
+        } else if crate::database::is_retryable(&err) {
             ApiError::ServiceUnavailable(err.to_string())
         } else {
             ApiError::Internal(err.to_string())

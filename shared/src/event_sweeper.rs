@@ -28,6 +28,10 @@ pub struct EventSweepReport {
 
 /// One invocation: a pass, then (with SWEEP_LOOP_SECONDS) one every second for that long.
 pub async fn run(app: &App) -> EventSweepReport {
+    crate::metrics::scope("deliver-events", run_passes(app)).await
+}
+
+async fn run_passes(app: &App) -> EventSweepReport {
     let mut total = EventSweepReport::default();
     let (sweeps, failed) = each_second(app, async |now| {
         let report = sweep(app, now).await?;
@@ -43,6 +47,38 @@ pub async fn run(app: &App) -> EventSweepReport {
     total
 }
 
+/// Events owed that one pass reads to find each endpoint's oldest (the oldest due first).
+pub const BACKLOG_SAMPLE: i64 = 1000;
+
+/// Records each configured endpoint's oldest owed event's age (0 when none is owed).
+async fn record_backlog(app: &App, now: Now) -> Result<(), ApiError> {
+    let keys: Vec<String> = app
+        .delivery
+        .endpoints()
+        .iter()
+        .map(|e| e.key.clone())
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let owed = app.store.owed_events(BACKLOG_SAMPLE).await?;
+    let streams = app
+        .store
+        .streams_of(&keys, &crate::overview::owed_rooms(&owed))
+        .await?;
+    for (key, oldest) in crate::overview::oldest_owed(&keys, &owed, &streams) {
+        let age = oldest.map_or(0.0, |at| {
+            (now.at - at).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        crate::metrics::record(
+            &crate::metrics::OLDEST_OWED_EVENT_AGE,
+            &[key.to_owned().into()],
+            age,
+        );
+    }
+    Ok(())
+}
+
 pub async fn sweep(app: &App, now: Now) -> Result<EventSweepReport, ApiError> {
     let mut report = EventSweepReport::default();
     if !app.delivery.endpoints().is_empty() {
@@ -55,6 +91,7 @@ pub async fn sweep(app: &App, now: Now) -> Result<EventSweepReport, ApiError> {
             .deliver(&app.store, &rooms, Mode::Sweep, budget)
             .await;
     }
+    record_backlog(app, now).await?;
     report.published = app.store.publish_feed().await?;
     let retention = app.delivery.settings().retention;
     report.purged = app

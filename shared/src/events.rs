@@ -56,6 +56,66 @@ pub fn derive(state: &CallState, created: bool) -> Vec<NewEvent> {
     events
 }
 
+/// What committed changes tell the metrics about calls: created, started, ended (by
+/// end_reason, with the talk time of those that started) and rung out (with how long after
+/// the ring deadline the ring-out was written down). Gathered per transaction attempt and
+/// recorded only once it commits, so a retried transaction counts once.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct CallTally {
+    created: u32,
+    started: u32,
+    ended: Vec<(crate::model::EndReason, Option<f64>)>,
+    ring_out_lag_ms: Vec<f64>,
+}
+
+impl CallTally {
+    /// Notes `events`, written for `room` at `now`.
+    pub fn note(&mut self, events: &[NewEvent], room: &Room, now: crate::model::Now) {
+        for event in events {
+            match event.event_type {
+                EventType::RoomCreated => self.created += 1,
+                EventType::RoomStarted => self.started += 1,
+                EventType::RoomEnded => {
+                    let Some(reason) = room.end_reason else {
+                        continue;
+                    };
+                    let talk = room
+                        .started_at
+                        .zip(room.ended_at)
+                        .map(|(start, end)| (end - start).num_milliseconds() as f64 / 1000.0);
+                    self.ended.push((reason, talk));
+                }
+                EventType::ParticipantMissed => {
+                    let deadline_ms = event.occurred_at.and_utc().timestamp_millis();
+                    self.ring_out_lag_ms
+                        .push((now.ms - deadline_ms).max(0) as f64);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Adds what was noted to the invocation's metrics.
+    pub fn record(&self) {
+        use crate::metrics::{self, CALLS_CREATED, CALLS_ENDED, CALLS_STARTED};
+        for _ in 0..self.created {
+            metrics::count(&CALLS_CREATED, &[]);
+        }
+        for _ in 0..self.started {
+            metrics::count(&CALLS_STARTED, &[]);
+        }
+        for (reason, talk) in &self.ended {
+            metrics::count(&CALLS_ENDED, &[reason.as_str().into()]);
+            if let Some(seconds) = talk {
+                metrics::record(&metrics::TALK_DURATION, &[], *seconds);
+            }
+        }
+        for lag in &self.ring_out_lag_ms {
+            metrics::record(&metrics::RING_OUT_LAG, &[], *lag);
+        }
+    }
+}
+
 /// How many events [`derive`] gives for `state`, without building them.
 pub fn count(state: &CallState, created: bool) -> usize {
     state.touched().len() + usize::from(created)
@@ -310,5 +370,61 @@ mod tests {
         assert_eq!(parsed["seq"], 1);
         assert_eq!(parsed["occurred_at"], "2023-11-14T22:13:20.000Z");
         assert_eq!(parsed["data"]["room_name"], "r");
+    }
+
+    /// A call with a ring-out, as the invocations that change it record it: every document
+    /// follows the EMF rules, the values are the call's, and no dimension names the room or a
+    /// uid.
+    #[test]
+    fn a_calls_metrics_are_its_own_and_name_no_room_or_uid() {
+        let mut first = room(3);
+        first.room_name = "room_secret_42".into();
+        let invitees = ["user_bob_9".to_owned(), "user_carol_7".to_owned()];
+        let mut state = rules::new_call(first, &invitees, at(0));
+        let mut tally = CallTally::default();
+        tally.note(&derive(&state, true), &state.room, at(0));
+        let answered = after(&mut state, |s| {
+            rules::apply_action(s, "user_bob_9", Action::Join, at(5)).expect("answer");
+        });
+        tally.note(&answered, &state.room, at(5));
+        // Carol's ring deadline is at 30 s; a sweep writes it down 2.5 s later.
+        let rung_out = after(&mut state, |s| {
+            rules::apply_deadlines(s, Now::from_millis(at(32).ms + 500).expect("instant"));
+        });
+        tally.note(
+            &rung_out,
+            &state.room,
+            Now::from_millis(at(32).ms + 500).expect("instant"),
+        );
+        let hung_up = after(&mut state, |s| {
+            rules::apply_action(s, "user_bob_9", Action::Leave, at(65)).expect("hang up");
+        });
+        tally.note(&hung_up, &state.room, at(65));
+        let docs = crate::metrics::tests::documents_of("ring-timeout", || {
+            tally.record();
+            crate::delivery::record_attempt("app", "delivered", Some(12.0));
+        });
+        crate::metrics::tests::assert_valid_without(
+            &docs,
+            &[
+                "room_secret_42",
+                "secret",
+                "user_bob_9",
+                "user_carol_7",
+                "user_",
+            ],
+        );
+        assert_eq!(docs.len(), 1, "{docs:#?}");
+        let doc = &docs[0];
+        assert_eq!(doc["CallsCreated"], 1.0);
+        assert_eq!(doc["CallsStarted"], 1.0);
+        assert_eq!(doc["CallsEnded"], 1.0);
+        assert_eq!(doc["EndReason"], "completed");
+        assert_eq!(doc["TalkDuration"], 60.0);
+        assert_eq!(doc["RingOutLag"], 2500.0);
+        assert_eq!(doc["EventAttempts"], 1.0);
+        assert_eq!(doc["Endpoint"], "app");
+        assert_eq!(doc["Outcome"], "delivered");
+        assert_eq!(doc["DeliveryLag"], 12.0);
     }
 }

@@ -86,12 +86,20 @@ pub fn bare(status: u16, body: Value) -> Success {
 /// refusal to retry rather than as a Lambda timeout that API Gateway turns into a bare 503.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(8);
 
-/// Runs a handler body inside a span with the function's name, then shapes and logs the reply.
+/// Runs a handler body inside a span with the function's name, then shapes and logs the reply
+/// and records the request's metrics (printed once the invocation is over).
 pub async fn respond<F>(
     function: &'static str,
     req: &Request,
     work: F,
 ) -> Result<Response<Body>, Error>
+where
+    F: Future<Output = Result<Success, ApiError>>,
+{
+    crate::metrics::scope(function, answer(function, req, work)).await
+}
+
+async fn answer<F>(function: &'static str, req: &Request, work: F) -> Result<Response<Body>, Error>
 where
     F: Future<Output = Result<Success, ApiError>>,
 {
@@ -130,6 +138,7 @@ where
     let (status, body, retry_after) = match rendered {
         Ok(StoredReply { status, body }) => {
             tracing::info!(status, elapsed_ms, replayed, "ok");
+            crate::metrics::request(status, None, elapsed_ms);
             // A bare 503 (health with the database away) says when to look again, too.
             let retry_after =
                 (status == 503).then_some(crate::error::SERVICE_UNAVAILABLE_RETRY_AFTER_SECS);
@@ -142,6 +151,7 @@ where
             } else {
                 tracing::warn!(status, key = err.key(), elapsed_ms, "refused");
             }
+            crate::metrics::request(status, Some(err.key()), elapsed_ms);
             (status, err.body(lang).to_string(), err.retry_after_secs())
         }
     };

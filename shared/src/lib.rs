@@ -14,6 +14,7 @@ pub mod http;
 pub mod i18n;
 pub mod idempotency;
 pub mod livekit;
+pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod outbound;

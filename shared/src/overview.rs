@@ -100,6 +100,34 @@ fn empty(key: &str, url: &str) -> EndpointBacklog {
     }
 }
 
+/// For each configured endpoint key, when the oldest event still owed to it was committed
+/// (None: nothing owed), by the same rule as [`backlog`]'s pending count.
+pub fn oldest_owed<'k>(
+    keys: &'k [String],
+    owed: &[OwedEvent],
+    streams: &[StreamState],
+) -> Vec<(&'k str, Option<NaiveDateTime>)> {
+    let delivered: HashMap<(&str, &str), i32> = streams
+        .iter()
+        .map(|s| ((s.endpoint.as_str(), s.room_name.as_str()), s.delivered_seq))
+        .collect();
+    keys.iter()
+        .map(|key| {
+            let oldest = owed
+                .iter()
+                .filter(|e| e.endpoints.split(',').any(|k| k == key))
+                .filter(|e| {
+                    delivered
+                        .get(&(key.as_str(), e.room_name.as_str()))
+                        .is_none_or(|seq| *seq < e.seq)
+                })
+                .map(|e| e.created_at)
+                .min();
+            (key.as_str(), oldest)
+        })
+        .collect()
+}
+
 /// The distinct rooms of the owed events, for reading their streams.
 pub fn owed_rooms(owed: &[OwedEvent]) -> Vec<String> {
     let mut rooms: Vec<String> = owed.iter().map(|e| e.room_name.clone()).collect();
@@ -117,6 +145,9 @@ mod tests {
             room_name: room.into(),
             seq,
             endpoints: endpoints.into(),
+            created_at: NaiveDateTime::parse_from_str("2026-01-01 00:00:00", "%Y-%m-%d %H:%M:%S")
+                .expect("a time")
+                + chrono::Duration::seconds(i64::from(seq)),
         }
     }
 
@@ -178,6 +209,22 @@ mod tests {
             (old.endpoint.as_str(), old.url.as_str(), old.pending),
             ("old", "", 1)
         );
+    }
+
+    #[test]
+    fn the_oldest_owed_event_skips_what_the_endpoint_already_has() {
+        let keys = vec!["main".to_owned(), "crm".to_owned(), "idle".to_owned()];
+        let events = [
+            owed("a", 1, "main,crm"),
+            owed("a", 2, "main"),
+            owed("b", 3, "crm"),
+        ];
+        // main has room a up to 1: its oldest is a#2; crm has nothing of a yet: a#1.
+        let streams = [stream("main", "a", 1, None)];
+        let oldest = oldest_owed(&keys, &events, &streams);
+        assert_eq!(oldest[0], ("main", Some(events[1].created_at)));
+        assert_eq!(oldest[1], ("crm", Some(events[0].created_at)));
+        assert_eq!(oldest[2], ("idle", None));
     }
 
     #[test]

@@ -89,14 +89,21 @@ pub async fn write_down_deadlines(app: &App, now: Now) -> Result<(usize, usize),
 /// of every following second until that long has passed. A failed sweep (the database away)
 /// is logged and the next second tries again.
 pub async fn run(app: &App) -> SweepReport {
-    let mut total = SweepReport::default();
-    let (sweeps, failed) = each_second(app, async |now| {
-        sweep(app, now).await.map(|report| total.add(&report))
+    crate::metrics::scope("ring-timeout", async {
+        let mut total = SweepReport::default();
+        let (sweeps, failed) = each_second(app, async |now| {
+            sweep(app, now).await.map(|report| {
+                let settled = report.deadlines_applied + report.ended_vanished;
+                crate::metrics::record(&crate::metrics::ROOMS_SETTLED, &[], settled as f64);
+                total.add(&report)
+            })
+        })
+        .await;
+        total.sweeps = sweeps;
+        total.failed_sweeps = failed;
+        total
     })
-    .await;
-    total.sweeps = sweeps;
-    total.failed_sweeps = failed;
-    total
+    .await
 }
 
 /// Runs `pass` once, then (with SWEEP_LOOP_SECONDS) at the top of every following second until
@@ -109,7 +116,10 @@ pub async fn each_second(
     let (mut passes, mut failed) = (0, 0);
     loop {
         passes += 1;
-        if let Err(err) = pass(Now::current()).await {
+        let pass_started = std::time::Instant::now();
+        let outcome = pass(Now::current()).await;
+        crate::metrics::sweep_pass(pass_started, outcome.is_err());
+        if let Err(err) = outcome {
             failed += 1;
             tracing::warn!(error = %err, "sweep failed; trying again");
         }

@@ -24,6 +24,8 @@ pub fn init() {
         .from_env_lossy();
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT")
         .is_ok_and(|format| format.eq_ignore_ascii_case("json"));
+    // Metrics (EMF) are JSON log lines: printed with JSON logs only (the template's setting).
+    crate::metrics::set_enabled(json);
     // A second call (several functions in one test process) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber(json, filter, std::io::stdout));
 }

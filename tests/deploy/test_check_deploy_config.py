@@ -24,6 +24,8 @@ def copy(tmp_path: Path) -> Path:
         target = tmp_path / "functions" / manifest.parent.name
         target.mkdir(parents=True)
         shutil.copy(manifest, target)
+    (tmp_path / "shared" / "src").mkdir(parents=True)
+    shutil.copy(ROOT / "shared" / "src" / "metrics.rs", tmp_path / "shared" / "src")
     return tmp_path
 
 
@@ -166,3 +168,57 @@ def test_a_function_that_does_not_say_its_connections_fails(copy: Path):
     edit(copy / "template.yaml", "      DatabaseConnections: 0\n", "")
     assert any("ApiDocsFunction: Metadata DatabaseConnections" in p for p in problems(copy))
 
+
+
+def test_every_function_has_errors_and_throttles_alarms_and_the_dashboard_shows_emitted_metrics():
+    template = check_deploy_config.load_template(ROOT / "template.yaml")
+    shown, problems = check_deploy_config.dashboard_metrics(template["Resources"])
+    assert problems == []
+    emitted = check_deploy_config.emitted_metrics(ROOT)
+    # Every metric the code emits is on the dashboard, and nothing else of its namespace.
+    assert shown == emitted and len(emitted) >= 16
+
+
+def test_a_function_without_its_errors_alarm_fails(copy: Path):
+    template = copy / "template.yaml"
+    edit(template, "          Value: !Ref HealthFunction\n      Statistic: Sum\n", "          Value: !Ref GetRoomFunction\n      Statistic: Sum\n")
+    found = problems(copy)
+    assert any("HealthFunction (health) has no Errors alarm" in p for p in found), found
+
+
+def test_a_new_function_without_alarms_fails(copy: Path):
+    """A function added to the template (and its crate) but no alarm: the check names both."""
+    template = copy / "template.yaml"
+    text = template.read_text(encoding="utf-8")
+    start = text.index("  HealthFunction:\n")
+    end = text.index("  HealthLogGroup:\n")
+    block = text[start:end]
+    new = (
+        block.replace("HealthFunction", "PingFunction")
+        .replace("Binary: health", "Binary: ping")
+        .replace("-health", "-ping")
+        .replace("Path: /health", "Path: /ping")
+        .replace("ConnectionBudget, Health]", "ConnectionBudget, Health]")
+    )
+    template.write_text(text.replace(block, block + new, 1), encoding="utf-8")
+    found = problems(copy)
+    assert any("PingFunction (ping) has no Errors alarm" in p for p in found), found
+    assert any("PingFunction (ping) has no Throttles alarm" in p for p in found), found
+
+
+def test_a_dashboard_metric_the_code_does_not_emit_fails(copy: Path):
+    edit(copy / "template.yaml", 'MetricName=\\"DeliveryLag\\"', 'MetricName=\\"DeliveryDelay\\"')
+    found = problems(copy)
+    assert any("dashboard shows DeliveryDelay" in p for p in found), found
+
+
+def test_a_metric_renamed_in_the_code_alone_fails(copy: Path):
+    edit(copy / "shared" / "src" / "metrics.rs", 'sum("CallsStarted"', 'sum("CallsAnswered"')
+    found = problems(copy)
+    assert any("dashboard shows CallsStarted" in p for p in found), found
+
+
+def test_an_alarm_on_a_metric_the_code_does_not_emit_fails(copy: Path):
+    edit(copy / "template.yaml", "SELECT SUM(DbUnavailable)", "SELECT SUM(DbRefusals)")
+    found = problems(copy)
+    assert any("DbUnavailableAlarm alarms on DbRefusals" in p for p in found), found

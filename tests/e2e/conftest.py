@@ -666,7 +666,10 @@ def service(request, receivers, livekit_server):
     # The jobs call LiveKit's server API (teardown, removal, the sweeper's reconcile); clients
     # are still told the local client URL.
     livekit_env = {"LIVEKIT_URL": livekit_server.url,
-                   "LIVEKIT_CLIENT_URL": local_constant("LOCAL_LIVEKIT_URL")}
+                   "LIVEKIT_CLIENT_URL": local_constant("LOCAL_LIVEKIT_URL"),
+                   # JSON logs, as in AWS: the functions print their metrics (EMF) too, which
+                   # test_metrics.py reads from the job's log.
+                   "AWS_LAMBDA_LOG_FORMAT": "JSON"}
     proc, port, log_path, db = start_job(backend, tmp, receivers.endpoints_json(),
                                          extra_env=livekit_env)
     print(f"\n[e2e:{backend}] scripts/dev.sh --reset on port {port}, pid {proc.pid}, log {log_path}")

@@ -32,6 +32,7 @@ impl Console {
 
     /// Answers whichever of the console's routes `req` is for.
     pub async fn serve(&self, req: Request) -> Result<Response<Body>, Error> {
+        let started = std::time::Instant::now();
         let path = req.uri().path();
         let response = if path.ends_with("/app.js") {
             console_app(self)
@@ -47,6 +48,7 @@ impl Console {
             console_page(self, Lang::from_accept_language(accept))
         };
         tracing::info!(path, status = response.status().as_u16(), "console");
+        crate::metrics::static_request("console", response.status().as_u16(), started);
         Ok(response)
     }
 }

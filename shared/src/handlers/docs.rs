@@ -40,6 +40,7 @@ impl Docs {
 
     /// Answers whichever of the three routes `req` is for.
     pub async fn serve(&self, req: Request) -> Result<Response<Body>, Error> {
+        let started = std::time::Instant::now();
         let path = req.uri().path();
         let response = if path.ends_with("/openapi.json") {
             openapi_json(self)
@@ -49,6 +50,7 @@ impl Docs {
             docs_page()
         };
         tracing::info!(path, status = response.status().as_u16(), "docs");
+        crate::metrics::static_request("api-docs", response.status().as_u16(), started);
         Ok(response)
     }
 }

@@ -163,6 +163,7 @@ where
                     && (err.is_retryable() || (tries == 1 && err.is_broken_connection())) =>
             {
                 tracing::warn!(attempt = tries, error = ?err, "retrying transaction");
+                crate::metrics::count(&crate::metrics::DB_RETRIES, &[]);
                 tokio::time::sleep(backoff(tries)).await;
             }
             Err(err) => {
@@ -210,7 +211,9 @@ async fn in_transaction_with<T>(
     };
     match outcome {
         Ok(value) => {
+            let tally = std::mem::take(&mut tx.tally);
             tx.inner.commit().await?;
+            tally.record();
             Ok(value)
         }
         Err(err) => {
@@ -228,6 +231,8 @@ async fn in_transaction_with<T>(
 struct Tx<'c> {
     inner: sqlx::Transaction<'c, Db>,
     counts: RoomCounts,
+    /// What the events written tell the metrics, recorded once the commit succeeded.
+    tally: crate::events::CallTally,
 }
 
 impl<'c> Tx<'c> {
@@ -235,6 +240,7 @@ impl<'c> Tx<'c> {
         Tx {
             inner,
             counts: RoomCounts::default(),
+            tally: crate::events::CallTally::default(),
         }
     }
 }
@@ -612,6 +618,7 @@ impl Store {
                     if Instant::now() + pause >= give_up {
                         return Err(err);
                     }
+                    crate::metrics::count(&crate::metrics::DB_RETRIES, &[]);
                     tokio::time::sleep(pause).await;
                 }
                 other => return other,

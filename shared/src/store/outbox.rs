@@ -58,6 +58,7 @@ pub(super) async fn write_events(
     if events.is_empty() {
         return Ok(());
     }
+    tx.tally.note(events, room, now);
     let due = now.at + chrono::Duration::milliseconds(outbox.grace.as_millis() as i64);
     let mut query = QueryBuilder::<Db>::new(
         "INSERT INTO call_event (event_id, room_name, seq, type, occurred_at, payload, \
@@ -93,6 +94,8 @@ pub struct PendingEvent {
     pub event_type: String,
     pub endpoints: String,
     pub payload: String,
+    /// When it was committed (the delivery lag runs from here); None for a redelivery.
+    pub created_at: Option<NaiveDateTime>,
 }
 
 impl PendingEvent {
@@ -196,6 +199,8 @@ pub struct OwedEvent {
     pub room_name: String,
     pub seq: i32,
     pub endpoints: String,
+    /// When it was committed (its age in the backlog metric).
+    pub created_at: NaiveDateTime,
 }
 
 /// One endpoint's delivery of one room's events: how far it got and whether its head event
@@ -248,6 +253,7 @@ impl StoredEvent {
             event_type: self.event_type.clone(),
             endpoints: self.endpoints.clone(),
             payload: self.payload.clone(),
+            created_at: None,
         }
     }
 }
@@ -344,7 +350,7 @@ impl Store {
         let rows = self
             .with_conn(async |conn: &mut DbConnection| {
                 sqlx::query_as(
-                    "SELECT id, event_id, seq, type, endpoints, payload FROM call_event \
+                    "SELECT id, event_id, seq, type, endpoints, payload, created_at FROM call_event \
                      WHERE room_name = ? AND seq > ? AND due_at IS NOT NULL ORDER BY seq LIMIT ?",
                 )
                 .bind(room_name)
@@ -706,7 +712,7 @@ impl Store {
         let rows = self
             .with_conn(async |conn: &mut DbConnection| {
                 sqlx::query_as(
-                    "SELECT room_name, seq, endpoints FROM call_event WHERE due_at IS NOT NULL \
+                    "SELECT room_name, seq, endpoints, created_at FROM call_event WHERE due_at IS NOT NULL \
                      ORDER BY due_at LIMIT ?",
                 )
                 .bind(limit)
