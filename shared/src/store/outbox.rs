@@ -750,13 +750,15 @@ impl Store {
     }
 
     /// Deletes up to `limit` events nobody is owed any more, written before `before`, with
-    /// their attempts. Returns how many events went.
+    /// their attempts, and the delivery streams of the rooms whose last event went: a stream
+    /// with no event left has nothing to deliver (every event it had was finished), so it goes
+    /// with its events. Returns how many events went.
     pub async fn purge_events(&self, before: Now, limit: i64) -> Result<u64, ApiError> {
         let purged = self
             .with_conn(async |conn: &mut DbConnection| {
-                let ids: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT id, event_id FROM call_event WHERE created_at < ? AND owed = 0 \
-                     ORDER BY created_at LIMIT ?",
+                let ids: Vec<(i64, String, String)> = sqlx::query_as(
+                    "SELECT id, event_id, room_name FROM call_event WHERE created_at < ? \
+                     AND owed = 0 ORDER BY created_at LIMIT ?",
                 )
                 .bind(before.at)
                 .bind(limit)
@@ -768,18 +770,33 @@ impl Store {
                 let mut attempts =
                     QueryBuilder::<Db>::new("DELETE FROM event_attempt WHERE event_id IN (");
                 let mut list = attempts.separated(", ");
-                for (_, event_id) in &ids {
+                for (_, event_id, _) in &ids {
                     list.push_bind(event_id.clone());
                 }
                 attempts.push(")");
                 attempts.build().execute(&mut *conn).await?;
                 let mut events = QueryBuilder::<Db>::new("DELETE FROM call_event WHERE id IN (");
                 let mut list = events.separated(", ");
-                for (id, _) in &ids {
+                for (id, _, _) in &ids {
                     list.push_bind(*id);
                 }
                 events.push(")");
-                Ok::<_, sqlx::Error>(events.build().execute(&mut *conn).await?.rows_affected())
+                let purged = events.build().execute(&mut *conn).await?.rows_affected();
+                let rooms: std::collections::BTreeSet<&str> =
+                    ids.iter().map(|(_, _, room)| room.as_str()).collect();
+                // By ix_stream_room, each room's remaining events by uq_event_room_seq.
+                let mut streams =
+                    QueryBuilder::<Db>::new("DELETE FROM event_stream WHERE room_name IN (");
+                let mut list = streams.separated(", ");
+                for room in rooms {
+                    list.push_bind(room.to_owned());
+                }
+                streams.push(
+                    ") AND NOT EXISTS (SELECT 1 FROM call_event e \
+                     WHERE e.room_name = event_stream.room_name)",
+                );
+                streams.build().execute(&mut *conn).await?;
+                Ok::<_, sqlx::Error>(purged)
             })
             .await?;
         Ok(purged)

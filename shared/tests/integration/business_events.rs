@@ -717,7 +717,9 @@ async fn delivered_events_are_purged_after_the_retention(pool: DbPool) {
     let app = app_for(&pool, &receiver, &[("EVENT_RETENTION_DAYS", "1")]);
     let api = Api::new(&app);
     api.open("r1", "a", &[]).await;
-    sqlx::query("UPDATE call_event SET created_at = ?")
+    api.open("r2", "b", &[]).await;
+    // All of r1's events are old; of r2's only the first.
+    sqlx::query("UPDATE call_event SET created_at = ? WHERE room_name = 'r1' OR seq = 1")
         .bind(
             Now::from_millis(Now::current().ms - 2 * 86_400_000)
                 .expect("instant")
@@ -726,16 +728,37 @@ async fn delivered_events_are_purged_after_the_retention(pool: DbPool) {
         .execute(&pool)
         .await
         .expect("age");
+    let streams = |room: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM event_stream WHERE room_name = ?")
+                .bind(room)
+                .fetch_one(&pool)
+                .await
+                .expect("streams")
+        }
+    };
+    assert_eq!((streams("r1").await, streams("r2").await), (1, 1));
     let report = event_sweeper::sweep(&app, Now::current())
         .await
         .expect("sweep");
-    assert_eq!(report.purged, 2);
+    assert_eq!(report.purged, 3);
     let (events, attempts): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM call_event), (SELECT COUNT(*) FROM event_attempt)",
     )
     .fetch_one(&pool)
     .await
     .expect("counts");
-    assert_eq!((events, attempts), (0, 0));
+    assert_eq!(
+        (events, attempts),
+        (1, 1),
+        "r2's second event and its attempt"
+    );
+    // r1's stream finished everything and went with its last event; r2's still has one.
+    assert_eq!(
+        (streams("r1").await, streams("r2").await),
+        (0, 1),
+        "a stream goes with its room's last event"
+    );
     receiver.assert_all_verified();
 }
