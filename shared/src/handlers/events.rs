@@ -100,8 +100,8 @@ pub async fn list_events(app: &App, req: Request) -> Result<Response<Body>, Erro
                 validate::LIMIT_MAX,
             )?,
         };
-        // Whatever has committed by now becomes readable, in a batch after every earlier one.
-        app.store.publish_feed().await?;
+        // A read only reads: writers publish their events after their commit, and the event
+        // sweep publishes what a writer left (see `Store::publish_feed`).
         let page = app.store.feed_page(after, limit).await?;
         let next_cursor = page
             .last()

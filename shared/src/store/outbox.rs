@@ -235,6 +235,10 @@ impl FeedCursor {
     }
 }
 
+/// Events one publication makes visible at most (a writer publishes its own handful; the
+/// sweep drains any backlog a batch per pass).
+pub const PUBLISH_BATCH: i64 = 1000;
+
 const EVENT_COLUMNS: &str =
     "id, event_id, room_name, seq, type, payload, endpoints, owed, feed_batch";
 
@@ -519,14 +523,29 @@ impl Store {
         Ok(rows.into_iter().map(|(room, _)| room).collect())
     }
 
-    /// Makes every committed event not yet in the feed visible there, as one new batch, and
-    /// returns how many. The batch counter is locked for the length of this short transaction
-    /// only (never by a call change), so batches are published in their number's order: a
-    /// reader who has seen batch n will never later find an event in a batch below n. Events
-    /// still uncommitted are not touched (not waited for either) and go into a later batch.
+    /// Makes committed events not yet in the feed visible there (the oldest `PUBLISH_BATCH`),
+    /// as one new batch, and returns how many. Called on the write side, after the commit of
+    /// every change that wrote events, and by each event sweep for whatever a writer left
+    /// (one that died between its commit and this); never by a feed read, which only reads.
+    ///
+    /// The unpublished ids come from a plain read, which sees committed rows only and neither
+    /// takes nor waits for a lock: an event still being written is not seen and goes into a
+    /// later batch. The batch counter is then locked for a short transaction that updates
+    /// those rows by primary key only (no index range, so it never waits for an in-flight
+    /// insert), so batches are published in their number's order: a reader who has seen
+    /// batch n will never later find an event in a batch at or below n.
     pub async fn publish_feed(&self) -> Result<u64, ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT id FROM call_event WHERE feed_batch IS NULL ORDER BY id LIMIT ?",
+                )
+                .bind(PUBLISH_BATCH)
+                .fetch_all(&mut *conn)
+                .await?;
+                if ids.is_empty() {
+                    return Ok(0);
+                }
                 in_transaction_with(conn, backend::BEGIN_READ_COMMITTED, async |tx| {
                     let batch: i64 = sqlx::query_scalar(concat!(
                         "SELECT batch FROM event_feed_head WHERE id = 1",
@@ -534,13 +553,17 @@ impl Store {
                     ))
                     .fetch_one(&mut **tx)
                     .await?;
-                    let published = sqlx::query(
-                        "UPDATE call_event SET feed_batch = ? WHERE feed_batch IS NULL",
-                    )
-                    .bind(batch + 1)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
+                    let mut publish =
+                        QueryBuilder::<Db>::new("UPDATE call_event SET feed_batch = ");
+                    publish
+                        .push_bind(batch + 1)
+                        .push(" WHERE feed_batch IS NULL AND id IN (");
+                    let mut list = publish.separated(", ");
+                    for id in &ids {
+                        list.push_bind(*id);
+                    }
+                    publish.push(")");
+                    let published = publish.build().execute(&mut **tx).await?.rows_affected();
                     if published > 0 {
                         sqlx::query("UPDATE event_feed_head SET batch = ? WHERE id = 1")
                             .bind(batch + 1)
