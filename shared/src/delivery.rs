@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::config::{Config, DeliverySettings, EventEndpoint};
 use crate::error::ApiError;
-use crate::model::{EventType, Now};
+use crate::model::{AttemptOutcome, EventType, Now};
 use crate::store::{AttemptRecord, Claim, PendingEvent, Store, StoredEvent, StreamUpdate};
 
 /// Events one stream sends per lease.
@@ -326,7 +326,7 @@ impl Deliverer {
                 endpoint: endpoint.key.clone(),
                 url: endpoint.url.clone(),
                 attempt: update.attempts + 1,
-                outcome: "delivered",
+                outcome: AttemptOutcome::Delivered,
                 http_status: None,
                 latency_ms: sent.elapsed().as_millis() as i64,
                 error: None,
@@ -344,7 +344,7 @@ impl Deliverer {
                 }
                 Answer::Refused(status) => {
                     record.http_status = Some(status.into());
-                    record.outcome = "gave_up";
+                    record.outcome = AttemptOutcome::GaveUp;
                     record.error = Some(format!("HTTP {status}: not retried"));
                     report.gave_up += 1;
                     update = finish(event.seq, at);
@@ -365,14 +365,14 @@ impl Deliverer {
                     let Some(retry_at) =
                         next_attempt_at(&self.settings, since, at.at, failures, jitter)
                     else {
-                        record.outcome = "gave_up";
+                        record.outcome = AttemptOutcome::GaveUp;
                         report.gave_up += 1;
                         update = finish(event.seq, at);
                         finished.push(event.id);
                         records.push(record);
                         continue;
                     };
-                    record.outcome = "failed";
+                    record.outcome = AttemptOutcome::Failed;
                     report.failed += 1;
                     update.failing_since = Some(since);
                     update.next_attempt_at = if out_of_budget {
@@ -442,19 +442,19 @@ impl Deliverer {
             let (outcome, http_status, error) = match answer {
                 Answer::Delivered(status) => {
                     report.delivered += 1;
-                    ("delivered", Some(status), None)
+                    (AttemptOutcome::Delivered, Some(status), None)
                 }
                 Answer::Refused(status) => {
                     report.gave_up += 1;
                     (
-                        "gave_up",
+                        AttemptOutcome::GaveUp,
                         Some(status),
                         Some(format!("HTTP {status}: not retried")),
                     )
                 }
                 Answer::Retry { status, error, .. } => {
                     report.failed += 1;
-                    ("failed", status, Some(error))
+                    (AttemptOutcome::Failed, status, Some(error))
                 }
             };
             records.push(AttemptRecord {
@@ -497,7 +497,7 @@ impl Deliverer {
                         endpoint: key.to_owned(),
                         url: String::new(),
                         attempt: 0,
-                        outcome: "gave_up",
+                        outcome: AttemptOutcome::GaveUp,
                         http_status: None,
                         latency_ms: 0,
                         error: Some("the endpoint is no longer configured".into()),

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, path_param, query_param, respond};
 use crate::idempotency::keyed;
-use crate::model::Now;
+use crate::model::{AttemptOutcome, DeliveryState, Now};
 use crate::store::{EventAttempt, FeedCursor, StoredEvent};
 use crate::validate;
 
@@ -38,9 +38,7 @@ struct Feed {
 struct Delivery {
     endpoint: String,
     url: String,
-    /// pending, delivered or gave_up.
-    #[schema(value_type = crate::openapi::DeliveryState)]
-    state: &'static str,
+    state: DeliveryState,
     attempts: usize,
 }
 
@@ -280,11 +278,11 @@ fn describe(
                 .find(|(k, _)| k == key)
                 .map_or(0, |(_, seq)| *seq);
             let state = if cursor < event.seq && event.owed > 0 {
-                "pending"
-            } else if mine.iter().any(|a| a.outcome == "delivered") {
-                "delivered"
+                DeliveryState::Pending
+            } else if mine.iter().any(|a| a.outcome == AttemptOutcome::Delivered) {
+                DeliveryState::Delivered
             } else {
-                "gave_up"
+                DeliveryState::GaveUp
             };
             let url = app
                 .delivery

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::events::{self, NewEvent};
-use crate::model::EventType;
+use crate::model::{AttemptOutcome, EventType};
 
 /// Which endpoints new events are owed to: each endpoint's key and type filter, fixed for an
 /// event when it is written.
@@ -137,7 +137,7 @@ pub struct AttemptRecord {
     pub endpoint: String,
     pub url: String,
     pub attempt: i32,
-    pub outcome: &'static str,
+    pub outcome: AttemptOutcome,
     pub http_status: Option<i32>,
     pub latency_ms: i64,
     pub error: Option<String>,
@@ -166,9 +166,8 @@ pub struct EventAttempt {
     pub endpoint: String,
     pub url: String,
     pub attempt: i64,
-    /// delivered, failed (tried again later) or gave_up.
-    #[schema(value_type = crate::openapi::AttemptOutcome)]
-    pub outcome: String,
+    #[sqlx(try_from = "String")]
+    pub outcome: AttemptOutcome,
     pub http_status: Option<i64>,
     pub latency_ms: i64,
     pub error: Option<String>,
@@ -447,7 +446,7 @@ impl Store {
                     .push_bind(a.endpoint.clone())
                     .push_bind(a.url.clone())
                     .push_bind(a.attempt)
-                    .push_bind(a.outcome)
+                    .push_bind(a.outcome.as_str())
                     .push_bind(a.http_status)
                     .push_bind(a.latency_ms)
                     .push_bind(a.error.clone())
