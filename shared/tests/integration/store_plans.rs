@@ -172,7 +172,7 @@ fn reads_rows(sql: &str) -> bool {
     let dml = ["SELECT", "UPDATE", "DELETE", "INSERT", "WITH"]
         .iter()
         .any(|verb| head.starts_with(verb));
-    dml && !(head.starts_with("INSERT") && !head.contains("SELECT"))
+    dml && (!head.starts_with("INSERT") || head.contains("SELECT"))
 }
 
 /// The growing tables a statement's plan scans whole.
