@@ -127,8 +127,13 @@ impl App {
         outcome
     }
 
-    /// First attempts for the rooms' new events, all within one request's budget.
+    /// After a commit that wrote events: makes them readable in the pull feed, then makes
+    /// their first attempts, all within one request's budget. A failed publication is left to
+    /// the event sweep, which publishes whatever is committed and unpublished.
     pub async fn deliver_events(&self, rooms: &[String]) -> DeliveryReport {
+        if let Err(err) = self.store.publish_feed().await {
+            tracing::warn!(error = %err, "feed not published; the event sweep publishes it");
+        }
         let budget = self.delivery.settings().inline_budget;
         self.delivery
             .deliver(&self.store, rooms, Mode::Inline, budget)

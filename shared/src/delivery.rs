@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use crate::config::{Config, DeliverySettings, EventEndpoint};
 use crate::error::ApiError;
-use crate::model::{EventType, Now};
+use crate::model::{AttemptOutcome, EventType, Now};
 use crate::store::{AttemptRecord, Claim, PendingEvent, Store, StoredEvent, StreamUpdate};
 
 /// Events one stream sends per lease.
@@ -326,7 +326,7 @@ impl Deliverer {
                 endpoint: endpoint.key.clone(),
                 url: endpoint.url.clone(),
                 attempt: update.attempts + 1,
-                outcome: "delivered",
+                outcome: AttemptOutcome::Delivered,
                 http_status: None,
                 latency_ms: sent.elapsed().as_millis() as i64,
                 error: None,
@@ -338,7 +338,7 @@ impl Deliverer {
                 .map(|committed| (at.at - committed).num_milliseconds().max(0) as f64);
             match answer {
                 Answer::Delivered(status) => {
-                    record_attempt(&endpoint.key, "delivered", lag_ms);
+                    record_attempt(&endpoint.key, AttemptOutcome::Delivered, lag_ms);
                     record.http_status = Some(status.into());
                     recovered |= update.attempts > 0 || mode == Mode::Sweep;
                     report.delivered += 1;
@@ -347,9 +347,9 @@ impl Deliverer {
                     records.push(record);
                 }
                 Answer::Refused(status) => {
-                    record_attempt(&endpoint.key, "gave_up", None);
+                    record_attempt(&endpoint.key, AttemptOutcome::GaveUp, None);
                     record.http_status = Some(status.into());
-                    record.outcome = "gave_up";
+                    record.outcome = AttemptOutcome::GaveUp;
                     record.error = Some(format!("HTTP {status}: not retried"));
                     report.gave_up += 1;
                     update = finish(event.seq, at);
@@ -370,16 +370,16 @@ impl Deliverer {
                     let Some(retry_at) =
                         next_attempt_at(&self.settings, since, at.at, failures, jitter)
                     else {
-                        record_attempt(&endpoint.key, "gave_up", None);
-                        record.outcome = "gave_up";
+                        record_attempt(&endpoint.key, AttemptOutcome::GaveUp, None);
+                        record.outcome = AttemptOutcome::GaveUp;
                         report.gave_up += 1;
                         update = finish(event.seq, at);
                         finished.push(event.id);
                         records.push(record);
                         continue;
                     };
-                    record_attempt(&endpoint.key, "failed", None);
-                    record.outcome = "failed";
+                    record_attempt(&endpoint.key, AttemptOutcome::Failed, None);
+                    record.outcome = AttemptOutcome::Failed;
                     report.failed += 1;
                     update.failing_since = Some(since);
                     update.next_attempt_at = if out_of_budget {
@@ -446,28 +446,28 @@ impl Deliverer {
             let answer = self
                 .attempt(endpoint, &pending, self.settings.timeout)
                 .await;
-            let (outcome, http_status, error): (&'static str, _, _) = match answer {
+            let (outcome, http_status, error) = match answer {
                 Answer::Delivered(status) => {
                     report.delivered += 1;
-                    ("delivered", Some(status), None)
+                    (AttemptOutcome::Delivered, Some(status), None)
                 }
                 Answer::Refused(status) => {
                     report.gave_up += 1;
                     (
-                        "gave_up",
+                        AttemptOutcome::GaveUp,
                         Some(status),
                         Some(format!("HTTP {status}: not retried")),
                     )
                 }
                 Answer::Retry { status, error, .. } => {
                     report.failed += 1;
-                    ("failed", status, Some(error))
+                    (AttemptOutcome::Failed, status, Some(error))
                 }
             };
             // A repeat the operator asked for: counted as an attempt, never as given up.
             crate::metrics::count(
                 &crate::metrics::EVENT_ATTEMPTS,
-                &[endpoint.key.clone().into(), outcome.into()],
+                &[endpoint.key.clone().into(), outcome.as_str().into()],
             );
             records.push(AttemptRecord {
                 event_id: event.event_id.clone(),
@@ -503,14 +503,14 @@ impl Deliverer {
         for event in &events {
             for key in event.endpoints.split(',').filter(|k| !k.is_empty()) {
                 if self.endpoints.iter().all(|e| e.key != key) {
-                    record_attempt(key, "gave_up", None);
+                    record_attempt(key, AttemptOutcome::GaveUp, None);
                     finished.push(event.id);
                     records.push(AttemptRecord {
                         event_id: event.event_id.clone(),
                         endpoint: key.to_owned(),
                         url: String::new(),
                         attempt: 0,
-                        outcome: "gave_up",
+                        outcome: AttemptOutcome::GaveUp,
                         http_status: None,
                         latency_ms: 0,
                         error: Some("the endpoint is no longer configured".into()),
@@ -584,16 +584,16 @@ pub fn grace(settings: &DeliverySettings) -> Duration {
 /// One attempt in the invocation's metrics: by endpoint key and outcome, the lag from commit
 /// of a delivered event, and a given-up event. Endpoint keys are configuration (a handful),
 /// never a room or a uid.
-pub fn record_attempt(endpoint: &str, outcome: &'static str, lag_ms: Option<f64>) {
+pub fn record_attempt(endpoint: &str, outcome: AttemptOutcome, lag_ms: Option<f64>) {
     use crate::metrics::{self, DELIVERY_LAG, EVENT_ATTEMPTS, EVENTS_GIVEN_UP};
     metrics::count(
         &EVENT_ATTEMPTS,
-        &[endpoint.to_owned().into(), outcome.into()],
+        &[endpoint.to_owned().into(), outcome.as_str().into()],
     );
     if let Some(lag) = lag_ms {
         metrics::record(&DELIVERY_LAG, &[endpoint.to_owned().into()], lag);
     }
-    if outcome == "gave_up" {
+    if outcome == AttemptOutcome::GaveUp {
         metrics::count(&EVENTS_GIVEN_UP, &[endpoint.to_owned().into()]);
     }
 }

@@ -402,7 +402,11 @@ mod tests {
         tally.note(&hung_up, &state.room, at(65));
         let docs = crate::metrics::tests::documents_of("ring-timeout", || {
             tally.record();
-            crate::delivery::record_attempt("app", "delivered", Some(12.0));
+            crate::delivery::record_attempt(
+                "app",
+                crate::model::AttemptOutcome::Delivered,
+                Some(12.0),
+            );
         });
         crate::metrics::tests::assert_valid_without(
             &docs,

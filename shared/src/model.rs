@@ -207,6 +207,62 @@ text_codes!(Reason {
     NoAnswer = "no_answer",
 });
 
+/// Who placed a call, as one uid's history shows it: `outgoing` when the uid created the call,
+/// else `incoming`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Outgoing,
+    Incoming,
+}
+
+/// What one delivery attempt came to: delivered; failed (tried again later); gave_up (a 4xx
+/// other than 408/429, or out of the retry window). Stored as its text in
+/// `event_attempt.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Delivered,
+    Failed,
+    GaveUp,
+}
+
+/// Where an event stands with one endpoint: pending (not delivered yet, retried); delivered;
+/// gave_up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    GaveUp,
+}
+
+text_codes!(Direction {
+    Outgoing = "outgoing",
+    Incoming = "incoming",
+});
+
+text_codes!(AttemptOutcome {
+    Delivered = "delivered",
+    Failed = "failed",
+    GaveUp = "gave_up",
+});
+
+text_codes!(DeliveryState {
+    Pending = "pending",
+    Delivered = "delivered",
+    GaveUp = "gave_up",
+});
+
+/// An outcome as the store reads it back; a text no build wrote is a corrupt row.
+impl TryFrom<String> for AttemptOutcome {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        AttemptOutcome::parse(&text).ok_or_else(|| format!("unknown attempt outcome {text:?}"))
+    }
+}
+
 /// The event types, a closed list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub enum EventType {

@@ -388,11 +388,6 @@ macro_rules! string_list {
 }
 
 string_list!(
-    /// `outgoing` when the uid created the call, else `incoming`.
-    Direction: ["outgoing", "incoming"],
-    "Who placed the call."
-);
-string_list!(
     HealthStatus: ["ok", "degraded"],
     "ok, or degraded when the database does not answer."
 );
@@ -406,17 +401,6 @@ string_list!(
     "applied; deleted_again (a final room LiveKit still had); removed_again (a removed uid \
      that came back); ignored (an event type or room this service does not keep); duplicate \
      (already applied)."
-);
-string_list!(
-    /// Where an event stands with one endpoint.
-    DeliveryState: ["pending", "delivered", "gave_up"],
-    "pending (not delivered yet, retried); delivered; gave_up."
-);
-string_list!(
-    /// What one delivery attempt came to.
-    AttemptOutcome: ["delivered", "failed", "gave_up"],
-    "delivered; failed (tried again later); gave_up (a 4xx other than 408/429, or out of the \
-     retry window)."
 );
 
 /// /health's bare body.

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::handlers::routes;
 use crate::http::{msg, note, ok, path_param, query_param, respond};
 use crate::idempotency::keyed;
-use crate::model::Now;
+use crate::model::{AttemptOutcome, DeliveryState, Now};
 use crate::store::{EventAttempt, FeedCursor, StoredEvent};
 use crate::validate;
 
@@ -38,9 +38,7 @@ struct Feed {
 struct Delivery {
     endpoint: String,
     url: String,
-    /// pending, delivered or gave_up.
-    #[schema(value_type = crate::openapi::DeliveryState)]
-    state: &'static str,
+    state: DeliveryState,
     attempts: usize,
 }
 
@@ -100,8 +98,8 @@ pub async fn list_events(app: &App, req: Request) -> Result<Response<Body>, Erro
                 validate::LIMIT_MAX,
             )?,
         };
-        // Whatever has committed by now becomes readable, in a batch after every earlier one.
-        app.store.publish_feed().await?;
+        // A read only reads: writers publish their events after their commit, and the event
+        // sweep publishes what a writer left (see `Store::publish_feed`).
         let page = app.store.feed_page(after, limit).await?;
         let next_cursor = page
             .last()
@@ -280,11 +278,11 @@ fn describe(
                 .find(|(k, _)| k == key)
                 .map_or(0, |(_, seq)| *seq);
             let state = if cursor < event.seq && event.owed > 0 {
-                "pending"
-            } else if mine.iter().any(|a| a.outcome == "delivered") {
-                "delivered"
+                DeliveryState::Pending
+            } else if mine.iter().any(|a| a.outcome == AttemptOutcome::Delivered) {
+                DeliveryState::Delivered
             } else {
-                "gave_up"
+                DeliveryState::GaveUp
             };
             let url = app
                 .delivery

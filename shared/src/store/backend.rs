@@ -25,8 +25,16 @@ mod mysql {
     }
     pub(crate) use live_row_of;
 
-    /// InnoDB takes row locks as the transaction reads them (FOR UPDATE).
+    /// InnoDB takes row locks as the transaction reads them (FOR UPDATE). Under the default
+    /// REPEATABLE READ, which only the room totals' recount keeps (its shared read must hold
+    /// every room off, gaps included).
     pub const BEGIN: &str = "BEGIN";
+    /// Every call transaction: READ COMMITTED, so the locking read of a room's rows takes
+    /// record locks only. Under REPEATABLE READ it also locked the gap after the room's last
+    /// row in `(room_name, uid)`, where the next room's rows go: with sequential names,
+    /// creating room N+1 waited for any transaction holding room N. The room row lock still
+    /// serialises every change of one room, and the unique indexes keep the live invariants.
+    pub const BEGIN_CALL: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
     /// The feed's publisher: no gap locks (so call changes never wait for it), and rows that
     /// other transactions have not committed yet are skipped rather than waited for.
     pub const BEGIN_READ_COMMITTED: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
@@ -162,6 +170,8 @@ mod sqlite {
     /// fails at once with SQLITE_BUSY(_SNAPSHOT) when another writer got in between, whereas
     /// an immediate one waits its turn under the busy timeout.
     pub const BEGIN: &str = "BEGIN IMMEDIATE";
+    /// One writer at a time: no gaps to lock.
+    pub const BEGIN_CALL: &str = "BEGIN IMMEDIATE";
     /// One writer at a time: the publisher sees committed rows only, like every reader.
     pub const BEGIN_READ_COMMITTED: &str = "BEGIN IMMEDIATE";
 

@@ -190,7 +190,7 @@ async fn in_transaction<T>(
     conn: &mut DbConnection,
     work: impl AsyncFnOnce(&mut Tx<'_>) -> Result<T, TxError>,
 ) -> Result<T, TxError> {
-    in_transaction_with(conn, backend::BEGIN, work).await
+    in_transaction_with(conn, backend::BEGIN_CALL, work).await
 }
 
 /// [`in_transaction`], begun with `begin` (the feed's publisher reads committed rows only).
@@ -629,7 +629,10 @@ impl Store {
     /// Re-derives the room totals from the rooms (see [`room_counts::recount`]).
     pub async fn recount_rooms(&self) -> Result<(), ApiError> {
         self.with_conn(async |conn: &mut DbConnection| {
-            in_transaction(conn, async |tx| Ok(room_counts::recount(tx).await?)).await
+            in_transaction_with(conn, backend::BEGIN, async |tx| {
+                Ok(room_counts::recount(tx).await?)
+            })
+            .await
         })
         .await
         .map_err(TxError::into_api)
@@ -644,6 +647,12 @@ impl Store {
 
 /// The room and its rows under lock, with every deadline due at `now` applied (written back
 /// with whatever the transaction then changes).
+///
+/// Lock order: a transaction that changes several rooms locks the room it was asked to change
+/// first (its lock is what lets it find the others), then every other room by room_name, then
+/// the `room_count` rows by primary key in one statement just before COMMIT (see
+/// `room_counts`). Two such transactions can still cross only when each one's own room is
+/// among the other's others; that deadlock is retried.
 async fn lock_call(
     tx: &mut Tx<'_>,
     room_name: &str,
@@ -692,7 +701,8 @@ async fn queue_removal(
 /// Brings the other rooms where any of `uids` is live, and whose deadline has passed, up to
 /// `now` inside this transaction (locked, deadlines applied, written), so that a uid whose
 /// invite rang out a second ago is free to be rung or to join here although the sweeper has
-/// not written that down yet. Returns whether any room changed.
+/// not written that down yet. Returns whether any room changed. The rooms are locked in
+/// room_name order, like every transaction that locks several (see [`lock_call`]).
 async fn settle_due_elsewhere(
     tx: &mut Tx<'_>,
     uids: &[String],
@@ -710,6 +720,7 @@ async fn settle_due_elsewhere(
     );
     query.push_bind(now.at).push(" AND p.uid IN (");
     push_uids_except(&mut query, uids, " AND p.room_name <> ", except);
+    query.push(" ORDER BY p.room_name");
     let rooms: Vec<String> = query.build_query_scalar().fetch_all(&mut **tx).await?;
     let mut changed = false;
     for room in rooms {
@@ -963,6 +974,59 @@ fn corrupt(what: &str, value: i16) -> sqlx::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn new_room(room_name: &str, creator: &str) -> NewRoom {
+        NewRoom {
+            source_channel_id: String::new(),
+            source_channel_type: 0,
+            creator: creator.into(),
+            room_name: room_name.into(),
+            call_type: 1,
+            invite_on: 0,
+            max_participants: 2,
+            limits: CallLimits::default(),
+        }
+    }
+
+    /// Two connections, as two function instances hold them: one holds the newest room (its
+    /// call transaction's locking read of the room and its rows, as every change begins),
+    /// the other creates the next room by name, with participants whose rows go right after
+    /// the held room's last one in `(room_name, uid)`. The create must not wait: no lock on
+    /// the gap after the held room's rows. MySQL only: SQLite has one writer at a time.
+    #[cfg(not(feature = "embedded"))]
+    #[allow(clippy::disallowed_methods)] // the test holds a call transaction open itself
+    #[sqlx::test(migrator = "crate::store::MIGRATOR")]
+    async fn creating_the_next_room_never_waits_for_a_transaction_holding_the_last(pool: DbPool) {
+        let store = Store::from_pool(pool.clone());
+        let now = Now::current();
+        store
+            .create_room(&new_room("room-0001", "alice"), &["bob".into()], now)
+            .await
+            .expect("room N");
+
+        let mut holder = pool.acquire().await.expect("the holder's connection");
+        let mut tx = Tx::new(holder.begin_with(backend::BEGIN_CALL).await.expect("begin"));
+        let held = lock_call(&mut tx, "room-0001", now).await.expect("lock");
+        assert_eq!(held.map(|s| s.rows.len()), Some(2));
+
+        // The store's own connection (the pool's other one), as another instance creates.
+        let next = Store::from_pool(pool.clone());
+        let started = std::time::Instant::now();
+        let created = tokio::time::timeout(
+            Duration::from_secs(2),
+            next.create_room(&new_room("room-0002", "carol"), &["dave".into()], now),
+        )
+        .await;
+        let waited = started.elapsed();
+        tx.inner.rollback().await.expect("rollback");
+        created
+            .expect("room N+1 was created while room N was held")
+            .expect("create");
+        assert!(
+            waited < Duration::from_secs(1),
+            "the create waited {waited:?}"
+        );
+    }
 
     /// The backstop behind `in_transaction`: a connection on which a transaction was dropped
     /// (its ROLLBACK only queued) is brought out of it before it can be kept for the next

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::*;
 use crate::events::{self, NewEvent};
-use crate::model::EventType;
+use crate::model::{AttemptOutcome, EventType};
 
 /// Which endpoints new events are owed to: each endpoint's key and type filter, fixed for an
 /// event when it is written.
@@ -140,7 +140,7 @@ pub struct AttemptRecord {
     pub endpoint: String,
     pub url: String,
     pub attempt: i32,
-    pub outcome: &'static str,
+    pub outcome: AttemptOutcome,
     pub http_status: Option<i32>,
     pub latency_ms: i64,
     pub error: Option<String>,
@@ -169,9 +169,8 @@ pub struct EventAttempt {
     pub endpoint: String,
     pub url: String,
     pub attempt: i64,
-    /// delivered, failed (tried again later) or gave_up.
-    #[schema(value_type = crate::openapi::AttemptOutcome)]
-    pub outcome: String,
+    #[sqlx(try_from = "String")]
+    pub outcome: AttemptOutcome,
     pub http_status: Option<i64>,
     pub latency_ms: i64,
     pub error: Option<String>,
@@ -239,6 +238,10 @@ impl FeedCursor {
         (cursor.batch >= 0 && cursor.id >= 0).then_some(cursor)
     }
 }
+
+/// Events one publication makes visible at most (a writer publishes its own handful; the
+/// sweep drains any backlog a batch per pass).
+pub const PUBLISH_BATCH: i64 = 1000;
 
 const EVENT_COLUMNS: &str =
     "id, event_id, room_name, seq, type, payload, endpoints, owed, feed_batch";
@@ -449,7 +452,7 @@ impl Store {
                     .push_bind(a.endpoint.clone())
                     .push_bind(a.url.clone())
                     .push_bind(a.attempt)
-                    .push_bind(a.outcome)
+                    .push_bind(a.outcome.as_str())
                     .push_bind(a.http_status)
                     .push_bind(a.latency_ms)
                     .push_bind(a.error.clone())
@@ -525,14 +528,29 @@ impl Store {
         Ok(rows.into_iter().map(|(room, _)| room).collect())
     }
 
-    /// Makes every committed event not yet in the feed visible there, as one new batch, and
-    /// returns how many. The batch counter is locked for the length of this short transaction
-    /// only (never by a call change), so batches are published in their number's order: a
-    /// reader who has seen batch n will never later find an event in a batch below n. Events
-    /// still uncommitted are not touched (not waited for either) and go into a later batch.
+    /// Makes committed events not yet in the feed visible there (the oldest `PUBLISH_BATCH`),
+    /// as one new batch, and returns how many. Called on the write side, after the commit of
+    /// every change that wrote events, and by each event sweep for whatever a writer left
+    /// (one that died between its commit and this); never by a feed read, which only reads.
+    ///
+    /// The unpublished ids come from a plain read, which sees committed rows only and neither
+    /// takes nor waits for a lock: an event still being written is not seen and goes into a
+    /// later batch. The batch counter is then locked for a short transaction that updates
+    /// those rows by primary key only (no index range, so it never waits for an in-flight
+    /// insert), so batches are published in their number's order: a reader who has seen
+    /// batch n will never later find an event in a batch at or below n.
     pub async fn publish_feed(&self) -> Result<u64, ApiError> {
         retrying(|| {
             self.with_conn(async |conn: &mut DbConnection| {
+                let ids: Vec<i64> = sqlx::query_scalar(
+                    "SELECT id FROM call_event WHERE feed_batch IS NULL ORDER BY id LIMIT ?",
+                )
+                .bind(PUBLISH_BATCH)
+                .fetch_all(&mut *conn)
+                .await?;
+                if ids.is_empty() {
+                    return Ok(0);
+                }
                 in_transaction_with(conn, backend::BEGIN_READ_COMMITTED, async |tx| {
                     let batch: i64 = sqlx::query_scalar(concat!(
                         "SELECT batch FROM event_feed_head WHERE id = 1",
@@ -540,13 +558,17 @@ impl Store {
                     ))
                     .fetch_one(&mut **tx)
                     .await?;
-                    let published = sqlx::query(
-                        "UPDATE call_event SET feed_batch = ? WHERE feed_batch IS NULL",
-                    )
-                    .bind(batch + 1)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
+                    let mut publish =
+                        QueryBuilder::<Db>::new("UPDATE call_event SET feed_batch = ");
+                    publish
+                        .push_bind(batch + 1)
+                        .push(" WHERE feed_batch IS NULL AND id IN (");
+                    let mut list = publish.separated(", ");
+                    for id in &ids {
+                        list.push_bind(*id);
+                    }
+                    publish.push(")");
+                    let published = publish.build().execute(&mut **tx).await?.rows_affected();
                     if published > 0 {
                         sqlx::query("UPDATE event_feed_head SET batch = ? WHERE id = 1")
                             .bind(batch + 1)
@@ -756,13 +778,15 @@ impl Store {
     }
 
     /// Deletes up to `limit` events nobody is owed any more, written before `before`, with
-    /// their attempts. Returns how many events went.
+    /// their attempts, and the delivery streams of the rooms whose last event went: a stream
+    /// with no event left has nothing to deliver (every event it had was finished), so it goes
+    /// with its events. Returns how many events went.
     pub async fn purge_events(&self, before: Now, limit: i64) -> Result<u64, ApiError> {
         let purged = self
             .with_conn(async |conn: &mut DbConnection| {
-                let ids: Vec<(i64, String)> = sqlx::query_as(
-                    "SELECT id, event_id FROM call_event WHERE created_at < ? AND owed = 0 \
-                     ORDER BY created_at LIMIT ?",
+                let ids: Vec<(i64, String, String)> = sqlx::query_as(
+                    "SELECT id, event_id, room_name FROM call_event WHERE created_at < ? \
+                     AND owed = 0 ORDER BY created_at LIMIT ?",
                 )
                 .bind(before.at)
                 .bind(limit)
@@ -774,18 +798,33 @@ impl Store {
                 let mut attempts =
                     QueryBuilder::<Db>::new("DELETE FROM event_attempt WHERE event_id IN (");
                 let mut list = attempts.separated(", ");
-                for (_, event_id) in &ids {
+                for (_, event_id, _) in &ids {
                     list.push_bind(event_id.clone());
                 }
                 attempts.push(")");
                 attempts.build().execute(&mut *conn).await?;
                 let mut events = QueryBuilder::<Db>::new("DELETE FROM call_event WHERE id IN (");
                 let mut list = events.separated(", ");
-                for (id, _) in &ids {
+                for (id, _, _) in &ids {
                     list.push_bind(*id);
                 }
                 events.push(")");
-                Ok::<_, sqlx::Error>(events.build().execute(&mut *conn).await?.rows_affected())
+                let purged = events.build().execute(&mut *conn).await?.rows_affected();
+                let rooms: std::collections::BTreeSet<&str> =
+                    ids.iter().map(|(_, _, room)| room.as_str()).collect();
+                // By ix_stream_room, each room's remaining events by uq_event_room_seq.
+                let mut streams =
+                    QueryBuilder::<Db>::new("DELETE FROM event_stream WHERE room_name IN (");
+                let mut list = streams.separated(", ");
+                for room in rooms {
+                    list.push_bind(room.to_owned());
+                }
+                streams.push(
+                    ") AND NOT EXISTS (SELECT 1 FROM call_event e \
+                     WHERE e.room_name = event_stream.room_name)",
+                );
+                streams.build().execute(&mut *conn).await?;
+                Ok::<_, sqlx::Error>(purged)
             })
             .await?;
         Ok(purged)

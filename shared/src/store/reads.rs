@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::*;
-use crate::model::{Page, cursor_of};
+use crate::model::{Direction, Page, cursor_of};
 
 /// One page of the room list; `next_cursor` continues it by keyset (None: the last page).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -36,9 +36,7 @@ pub struct Ringing {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub room_name: String,
-    /// `outgoing` when the uid created the call, else `incoming`.
-    #[schema(value_type = crate::openapi::Direction)]
-    pub direction: &'static str,
+    pub direction: Direction,
     pub call_type: i16,
     pub creator: String,
     /// Everyone else with a row in the call.
@@ -306,9 +304,9 @@ async fn history_on(
         };
         entries.push(HistoryEntry {
             direction: if room.creator == uid {
-                "outgoing"
+                Direction::Outgoing
             } else {
-                "incoming"
+                Direction::Incoming
             },
             others: others.get(&room.room_name).cloned().unwrap_or_default(),
             room_name: room.room_name,

@@ -130,7 +130,7 @@ impl Store {
     }
 
     /// LiveKit saw `uid` join `room_name`: its live row in any other room is closed and that
-    /// room settles. Returns the rooms changed and those it made final (queued for teardown).
+    /// room settles (the others locked in room_name order, see `lock_call`). Returns the rooms changed and those it made final (queued for teardown).
     async fn close_live_elsewhere(
         &self,
         tx: &mut Tx<'_>,
@@ -139,7 +139,8 @@ impl Store {
         now: Now,
     ) -> Result<(Vec<String>, Vec<String>), sqlx::Error> {
         let others: Vec<String> = sqlx::query_scalar(
-            "SELECT room_name FROM call_participant WHERE uid = ? AND status IN (0, 1) AND room_name <> ?",
+            "SELECT room_name FROM call_participant WHERE uid = ? AND status IN (0, 1) \
+             AND room_name <> ? ORDER BY room_name",
         )
         .bind(uid)
         .bind(room_name)

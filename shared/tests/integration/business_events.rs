@@ -552,6 +552,8 @@ async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbP
         "r1's committed events, published without waiting: {ids:?}"
     );
     late.commit().await.expect("commit the late event");
+    // What the late writer does after its commit (or the event sweep, if it died first).
+    assert_eq!(app.store.publish_feed().await.expect("publish"), 1);
     let cursor = first["next_cursor"].as_str().expect("cursor");
     let second = api
         .list_events(&api.service(), &format!("after={cursor}"))
@@ -564,6 +566,73 @@ async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbP
         .filter_map(|e| e["id"].as_str())
         .collect();
     assert_eq!(ids, ["evt_late"], "the late commit follows the cursor");
+    common::assert_nothing_held(&pool).await;
+}
+
+/// A feed read only reads: it answers while another transaction holds the feed's batch
+/// counter, and it publishes nothing (the writer published its events after its commit; an
+/// event committed behind the service's back waits for a publisher).
+#[allow(clippy::disallowed_methods)] // the test holds the feed head itself
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn a_feed_read_neither_writes_nor_waits_for_the_feed_head(pool: DbPool) {
+    use sqlx::Connection;
+    let app = common::app(pool.clone());
+    let api = Api::without_held_check(&app);
+    api.open("r1", "a", &[]).await;
+    let published: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM call_event WHERE feed_batch IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .expect("published");
+    assert_eq!(
+        published, 2,
+        "the writer published its events after its commit"
+    );
+    sqlx::query(
+        "INSERT INTO call_event (event_id, room_name, seq, type, occurred_at, payload, created_at) \
+         VALUES ('evt_aside', 'elsewhere', 1, 'room.created', ?, '{\"id\":\"evt_aside\"}', ?)",
+    )
+    .bind(Now::current().at)
+    .bind(Now::current().at)
+    .execute(&pool)
+    .await
+    .expect("an event no writer published");
+
+    // Another transaction holds the batch counter (a publisher's lock) for the whole read.
+    let mut conn = pool.acquire().await.expect("connection");
+    let mut holder = conn.begin().await.expect("begin");
+    sqlx::query("UPDATE event_feed_head SET batch = batch WHERE id = 1")
+        .execute(&mut *holder)
+        .await
+        .expect("hold the feed head");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        api.list_events(&api.service(), ""),
+    )
+    .await
+    .expect("the read answered while the feed head was held");
+    let read = read.ok("获取事件列表成功").clone();
+    assert_eq!(read["events"].as_array().map(Vec::len), Some(2));
+    holder.rollback().await.expect("rollback");
+
+    let (head, unpublished): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT batch FROM event_feed_head WHERE id = 1), \
+         (SELECT COUNT(*) FROM call_event WHERE feed_batch IS NULL)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("head");
+    assert_eq!((head, unpublished), (1, 1), "the read published nothing");
+    // The event sweep publishes it.
+    event_sweeper::sweep(&app, Now::current())
+        .await
+        .expect("sweep");
+    let cursor = read["next_cursor"].as_str().expect("cursor");
+    let next = api
+        .list_events(&api.service(), &format!("after={cursor}"))
+        .await;
+    let next = next.ok("获取事件列表成功").clone();
+    assert_eq!(next["events"][0]["id"], "evt_aside");
     common::assert_nothing_held(&pool).await;
 }
 
@@ -717,7 +786,9 @@ async fn delivered_events_are_purged_after_the_retention(pool: DbPool) {
     let app = app_for(&pool, &receiver, &[("EVENT_RETENTION_DAYS", "1")]);
     let api = Api::new(&app);
     api.open("r1", "a", &[]).await;
-    sqlx::query("UPDATE call_event SET created_at = ?")
+    api.open("r2", "b", &[]).await;
+    // All of r1's events are old; of r2's only the first.
+    sqlx::query("UPDATE call_event SET created_at = ? WHERE room_name = 'r1' OR seq = 1")
         .bind(
             Now::from_millis(Now::current().ms - 2 * 86_400_000)
                 .expect("instant")
@@ -726,16 +797,37 @@ async fn delivered_events_are_purged_after_the_retention(pool: DbPool) {
         .execute(&pool)
         .await
         .expect("age");
+    let streams = |room: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM event_stream WHERE room_name = ?")
+                .bind(room)
+                .fetch_one(&pool)
+                .await
+                .expect("streams")
+        }
+    };
+    assert_eq!((streams("r1").await, streams("r2").await), (1, 1));
     let report = event_sweeper::sweep(&app, Now::current())
         .await
         .expect("sweep");
-    assert_eq!(report.purged, 2);
+    assert_eq!(report.purged, 3);
     let (events, attempts): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM call_event), (SELECT COUNT(*) FROM event_attempt)",
     )
     .fetch_one(&pool)
     .await
     .expect("counts");
-    assert_eq!((events, attempts), (0, 0));
+    assert_eq!(
+        (events, attempts),
+        (1, 1),
+        "r2's second event and its attempt"
+    );
+    // r1's stream finished everything and went with its last event; r2's still has one.
+    assert_eq!(
+        (streams("r1").await, streams("r2").await),
+        (0, 1),
+        "a stream goes with its room's last event"
+    );
     receiver.assert_all_verified();
 }

@@ -29,3 +29,4 @@ mod retries;
 mod rules_properties;
 mod store;
 mod store_model;
+mod store_plans;
