@@ -96,7 +96,10 @@ pub async fn respond<F>(
 where
     F: Future<Output = Result<Success, ApiError>>,
 {
-    crate::metrics::scope(function, answer(function, req, work)).await
+    // Boxed: a future moved into another keeps its size twice (argument and state), and a
+    // handler's is large, so wrapping it unboxed overflowed a 2 MB thread stack in debug builds.
+    let answer = Box::pin(answer(function, req, work));
+    crate::metrics::scope(function, answer).await
 }
 
 async fn answer<F>(function: &'static str, req: &Request, work: F) -> Result<Response<Body>, Error>

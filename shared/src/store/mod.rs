@@ -975,6 +975,7 @@ fn corrupt(what: &str, value: i16) -> sqlx::Error {
 mod tests {
     use super::*;
 
+    #[cfg(not(feature = "embedded"))]
     fn new_room(room_name: &str, creator: &str) -> NewRoom {
         NewRoom {
             source_channel_id: String::new(),

@@ -29,4 +29,3 @@ mod retries;
 mod rules_properties;
 mod store;
 mod store_model;
-mod store_plans;
