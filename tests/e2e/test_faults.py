@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import threading
@@ -91,11 +92,28 @@ class Log:
     calls_finished: int = 0
     answered: int = 0
     declined: int = 0
+    # The bodies of answers that were neither a success nor a refusal to retry (500s).
+    broken: list[str] = field(default_factory=list)
 
     def answer(self, what: str, reply: Reply, started: float) -> None:
         with self.lock:
             self.answers.append((what, reply.status, started, time.monotonic(),
                                  reply.headers.get("retry-after")))
+            if reply.status == 500:
+                self.broken.append(f"{what}: {reply.text[:300]}")
+
+
+# What the job logs about a 500: the refusal line, a panic, an error-level line.
+INTERNAL_LINE = re.compile(r"status\W{1,3}500|internal_error|panicked|\bERROR\b")
+
+
+def log_lines(path, pattern: re.Pattern) -> list[str]:
+    """The lines of the job's log that match `pattern` (for a failure's message)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        return [f"(no log: {err})"]
+    return [line[:1500] for line in text.splitlines() if pattern.search(line)]
 
 
 class Client:
@@ -292,7 +310,9 @@ def test_reads_and_writes_hold_through_a_redis_and_a_database_outage(fault_job):
           f"{log.calls_finished} calls ({log.answered} answered, {log.declined} declined), "
           f"{len(log.reads)} reads, up to {owed_seen} forgets owed during the Redis cut")
     five_hundreds = [a for a in log.answers if a[1] == 500]
-    assert not five_hundreds, f"500s: {five_hundreds[:5]}\n{log_tail(log_path, 40)}"
+    assert not five_hundreds, (
+        f"500s: {five_hundreds[:5]}\nbodies: {log.broken[:5]}\n"
+        f"the job's lines about them:\n{log_lines(log_path, INTERNAL_LINE)[:10]}")
     slow = [a for a in log.answers if a[3] - a[2] > ANSWER_WITHIN_S]
     assert not slow, f"answers after the function timeout: {slow[:5]}"
     unavailable = [a for a in log.answers if a[1] == 503]
