@@ -75,11 +75,9 @@ pub struct EventSet {
 
 #[derive(Debug, Clone)]
 pub struct Readers {
-    pub n: usize,
-    pub one: Summary,
-    pub many: Summary,
-    pub one_per_sec: f64,
-    pub many_per_sec: f64,
+    /// (readers at once, their requests' latencies, requests per second, InnoDB row lock
+    /// waits on the server meanwhile), one reader first.
+    pub steps: Vec<(usize, Summary, f64, i64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -518,6 +516,9 @@ async fn readers(
         request(&p, "warm", &feed_call(&ctx.service_token, None)).await?;
         procs.push(Arc::new(p));
     }
+    let mut server = MySqlConnection::connect(&ctx.server_url(database))
+        .await
+        .map_err(db)?;
     let run = async |k: usize| -> Result<(Vec<f64>, f64), String> {
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -540,15 +541,28 @@ async fn readers(
         let per_sec = all.len() as f64 / started.elapsed().as_secs_f64();
         Ok((all, per_sec))
     };
-    let (one, one_per_sec) = run(1).await?;
-    let (many, many_per_sec) = run(n).await?;
-    Ok(Readers {
-        n,
-        one: summarize(&one),
-        many: summarize(&many),
-        one_per_sec,
-        many_per_sec,
-    })
+    let mut steps = Vec::new();
+    let mut ks = vec![1, 2, n];
+    ks.dedup();
+    for k in ks {
+        let before = lock_waits(&mut server).await?;
+        let (times, per_sec) = run(k).await?;
+        let waits = lock_waits(&mut server).await? - before;
+        steps.push((k, summarize(&times), per_sec, waits));
+    }
+    let _ = server.close().await;
+    Ok(Readers { steps })
+}
+
+/// The server's count of row lock waits so far (every session's).
+async fn lock_waits(conn: &mut MySqlConnection) -> Result<i64, String> {
+    let (_, v): (String, String) =
+        sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Innodb_row_lock_waits'")
+            .fetch_one(conn)
+            .await
+            .map_err(db)?;
+    v.parse()
+        .map_err(|e| format!("Innodb_row_lock_waits {v:?}: {e}"))
 }
 
 // The store's SQL (shared/src/store/outbox.rs), as sent; `?` where it binds.
@@ -935,7 +949,10 @@ pub fn render(w: &mut String, y: &YearOutcome) {
          warm-up, both sizes interleaved{}.\n",
         y.rounds,
         y.pool_mb
-            .map(|mb| format!(", InnoDB buffer pool at {mb} MB with both sets read in"))
+            .map(|mb| format!(
+                ", InnoDB buffer pool at {mb} MB (the rooms' and rows' indexes read in first, \
+                 the event tables as the rounds read them)"
+            ))
             .unwrap_or_default()
     );
     let _ = writeln!(
@@ -985,40 +1002,37 @@ pub fn render(w: &mut String, y: &YearOutcome) {
             }
         );
     }
-    let r = &y.readers;
+    let steps = &y.readers.steps;
     let _ = writeln!(
         w,
         "\n**Concurrent feed readers** on the {b} rooms: `GET /api/events` (first page), one \
-         warm list-events process per reader, {} requests each, one reader alone and then {} at \
-         once (on this machine's cores, shared with MariaDB and the harness).\n",
-        r.one.n, r.n
+         warm list-events process per reader, {} requests each; one reader alone, then 2, then \
+         {} at once, on this machine's 2 cores shared with MariaDB and the harness. Row lock \
+         waits: the server's `Innodb_row_lock_waits` over each step (any session's).\n",
+        steps.first().map_or(0, |s| s.1.n),
+        steps.last().map_or(0, |s| s.0),
     );
     let _ = writeln!(
         w,
-        "| readers | p50 | p99 | requests/s |\n|---:|---:|---:|---:|"
+        "| readers | p50 | p99 | requests/s | row lock waits |\n|---:|---:|---:|---:|---:|"
     );
-    let _ = writeln!(
-        w,
-        "| 1 | {} | {} | {:.0} |",
-        ms(r.one.median),
-        ms(r.one.p99),
-        r.one_per_sec
-    );
-    let _ = writeln!(
-        w,
-        "| {} | {} | {} | {:.0} |",
-        r.n,
-        ms(r.many.median),
-        ms(r.many.p99),
-        r.many_per_sec
-    );
-    let _ = writeln!(
-        w,
-        "\nRatio {}:1 readers, p50 {:.2}×; throughput {:.2}×.",
-        r.n,
-        r.many.median / r.one.median,
-        r.many_per_sec / r.one_per_sec
-    );
+    for (k, t, per_sec, waits) in steps {
+        let _ = writeln!(
+            w,
+            "| {k} | {} | {} | {per_sec:.0} | {waits} |",
+            ms(t.median),
+            ms(t.p99)
+        );
+    }
+    if let (Some(one), Some(many)) = (steps.first(), steps.last()) {
+        let _ = writeln!(
+            w,
+            "\nRatio {}:1 readers: p50 {:.2}×, throughput {:.2}×.",
+            many.0,
+            many.1.median / one.1.median,
+            many.2 / one.2
+        );
+    }
     let _ = writeln!(
         w,
         "\n**EXPLAIN** (`EXPLAIN FORMAT=JSON`) of the statements these send, on the {b} rooms:\n"
