@@ -1114,6 +1114,9 @@ mod tests {
                 assert!(lo > PURGED / 2 && hi <= rooms && hi - lo + 1 == DUE_ROOMS);
             }
         }
-        assert_eq!(cursor_after(100).len(), cursor_after(100).len());
+        // Event 100 closes batch 1; 101 opens batch 2.
+        let parsed = |id| call_shared::store::FeedCursor::parse(&cursor_after(id));
+        assert_eq!(parsed(100).map(|c| (c.batch, c.id)), Some((1, 100)));
+        assert_eq!(parsed(101).map(|c| (c.batch, c.id)), Some((2, 101)));
     }
 }
