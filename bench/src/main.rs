@@ -672,6 +672,23 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
             ));
         }
     }
+    if let Some(year) = &results.year
+        && !ctx.opts.smoke
+    {
+        let scans: Vec<String> = year
+            .explains
+            .iter()
+            .filter(|e| e.full_scan())
+            .map(|e| format!("{} ({}): {}", e.request, e.part, e.sql))
+            .collect();
+        if !scans.is_empty() {
+            return Err(format!(
+                "EXPLAIN shows a full table scan on the year's {} events: {}",
+                year.big.events,
+                scans.join("; ")
+            ));
+        }
+    }
     if let Some(ring) = &results.ringout
         && (ring.missing > 0 || !ring.wrong.is_empty())
     {
