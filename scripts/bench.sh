@@ -48,7 +48,7 @@ done
 # event sweeper of the events phase.
 names=()
 if [ "$mode" = smoke ]; then
-    names=(create-room get-room join-room list-rooms leave-room user-calls user-ringing deliver-events)
+    names=(create-room get-room join-room list-rooms leave-room user-calls user-ringing deliver-events list-events get-event redeliver-event)
 else
     for manifest in functions/*/Cargo.toml; do
         names+=("$(sed -n 's/^name = "\(.*\)"$/\1/p' "$manifest" | head -n 1)")

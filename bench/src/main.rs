@@ -23,6 +23,7 @@ mod ringout;
 mod runtime_api;
 mod scale;
 mod stats;
+mod year;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -103,7 +104,8 @@ pub struct Options {
 const EVENT_ROUNDS: usize = 300;
 
 pub const PHASES: &[&str] = &[
-    "sizes", "init", "warm", "counts", "load", "scale", "ringout", "events", "fleet", "keys",
+    "sizes", "init", "warm", "counts", "load", "scale", "year", "ringout", "events", "fleet",
+    "keys",
 ];
 
 impl Options {
@@ -121,7 +123,7 @@ fn usage() -> ! {
          \x20            [--time-limit SECS] [--scale-rooms N] [--small-rooms N]\n\
          \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--scale-pool-mb N|0]\n\
          \x20            [--ringout-calls N]\n\
-         \x20            [--only sizes,init,warm,counts,load,scale,ringout,events,fleet,keys]\n\
+         \x20            [--only sizes,init,warm,counts,load,scale,year,ringout,events,fleet,keys]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
          \x20    BENCH_DATABASE (the measuring database; default call_bench, call_bench_smoke),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
@@ -583,6 +585,13 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         ));
         results.scale = Some(scale::run(&ctx).await?);
     }
+    if ctx.opts.runs("year") {
+        log(format!(
+            "year: the event tables on {} rooms beside {}",
+            ctx.opts.scale_rooms, ctx.opts.small_rooms
+        ));
+        results.year = Some(year::run(&ctx).await?);
+    }
     if ctx.opts.runs("ringout") {
         log(format!(
             "ring-out lag: {} invites on the local main job",
@@ -660,6 +669,23 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
                     .map(|e| format!("{} ({}): {}", e.request, e.part, e.sql))
                     .collect::<Vec<_>>()
                     .join("; ")
+            ));
+        }
+    }
+    if let Some(year) = &results.year
+        && !ctx.opts.smoke
+    {
+        let scans: Vec<String> = year
+            .explains
+            .iter()
+            .filter(|e| e.full_scan())
+            .map(|e| format!("{} ({}): {}", e.request, e.part, e.sql))
+            .collect();
+        if !scans.is_empty() {
+            return Err(format!(
+                "EXPLAIN shows a full table scan on the year's {} events: {}",
+                year.big.events,
+                scans.join("; ")
             ));
         }
     }

@@ -59,9 +59,10 @@ macro_rules! call_query {
     };
 }
 
-/// What every call transaction begins with (store/backend.rs `BEGIN`); sqlx ends it with
-/// `COMMIT` or `ROLLBACK` (`tx.commit()` / `tx.rollback()` in `store::in_transaction`).
-pub const BEGIN: &str = "BEGIN";
+/// What every call transaction begins with (store/backend.rs `BEGIN_CALL`: READ COMMITTED,
+/// so the locking read takes no gap lock); sqlx ends it with `COMMIT` or `ROLLBACK`
+/// (`tx.commit()` / `tx.rollback()` in `store::in_transaction`).
+pub const BEGIN: &str = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; BEGIN";
 pub const LOAD_CALL: &str = call_query!("");
 pub const LOCK_CALL: &str = call_query!(" FOR UPDATE");
 pub const LIVE_UIDS_ONE: &str =
@@ -572,8 +573,8 @@ pub(crate) mod tests {
             " OFFSET ",
             // Every call transaction: BEGIN, then COMMIT on success or ROLLBACK on a refusal,
             // both awaited in `in_transaction` (the refused join's mirror ends with ROLLBACK).
-            &format!("pub const BEGIN: &str = \"{BEGIN}\";"),
-            "in_transaction_with(conn, backend::BEGIN, work)",
+            &format!("pub const BEGIN_CALL: &str = \"{BEGIN}\";"),
+            "in_transaction_with(conn, backend::BEGIN_CALL, work)",
             "conn.begin_with(begin)",
             "tx.inner.commit().await?",
             "tx.inner.rollback().await",

@@ -304,6 +304,7 @@ pub struct Results {
     /// Transactions open on the bench database after the load (target 0).
     pub open_transactions: Option<OpenTransactions>,
     pub scale: Option<ScaleOutcome>,
+    pub year: Option<crate::year::YearOutcome>,
     pub ringout: Option<RingoutOutcome>,
     pub events: Option<crate::outbox::EventsOutcome>,
     pub keys: Option<crate::keys::KeysOutcome>,
@@ -379,6 +380,7 @@ impl Results {
             leftovers: None,
             open_transactions: None,
             scale: None,
+            year: None,
             ringout: None,
             events: None,
             keys: None,
@@ -765,6 +767,9 @@ pub fn render(r: &Results) -> String {
     render_memory(w, r);
     render_load(w, r);
     render_scale(w, r);
+    if let Some(year) = &r.year {
+        crate::year::render(w, year);
+    }
     render_ringout(w, r);
     render_events(w, r);
     render_keys(w, r);

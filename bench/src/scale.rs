@@ -697,7 +697,7 @@ pub async fn run(ctx: &Ctx) -> Result<ScaleOutcome, String> {
 
 /// Sets the buffer pool to `mb` and reads every table and index of `databases` into it;
 /// answers (mb, the server's size in MB before, seconds the reading took).
-async fn set_pool(ctx: &Ctx, mb: u64, databases: &[&str]) -> Result<(u64, u64, f64), String> {
+pub async fn set_pool(ctx: &Ctx, mb: u64, databases: &[&str]) -> Result<(u64, u64, f64), String> {
     let mut conn = MySqlConnection::connect(&ctx.server_url(databases[0]))
         .await
         .map_err(db)?;
@@ -769,7 +769,7 @@ const POOL_READS: &[(&str, &str)] = &[
     ("call_room", "ix_room_status_id"),
 ];
 
-async fn restore_pool(ctx: &Ctx, mb: u64) {
+pub async fn restore_pool(ctx: &Ctx, mb: u64) {
     let restored = async {
         let mut conn = MySqlConnection::connect(&ctx.server_url("mysql"))
             .await
@@ -790,7 +790,7 @@ async fn restore_pool(ctx: &Ctx, mb: u64) {
 }
 
 /// The interleaved rounds: p50/p99 of each read at both sizes.
-async fn measure_rounds(
+pub async fn measure_rounds(
     ctx: &Ctx,
     [big_db, small_db]: [&str; 2],
     [big_spec, small_spec]: [Spec; 2],
