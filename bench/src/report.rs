@@ -1849,7 +1849,7 @@ fn render_notes(w: &mut String, r: &Results) {
 fn render_metrics(w: &mut String, r: &Results) {
     let _ = writeln!(
         w,
-        "\n## 12. Metrics: warm requests with the EMF metrics on and off\n"
+        "\n## 13. Metrics: warm requests with the EMF metrics on and off\n"
     );
     let Some(m) = &r.metrics else {
         let _ = writeln!(w, "Not run (`--only`).");
@@ -1972,7 +1972,7 @@ mod tests {
         let mut r = Results::new(&options(), &[]);
         assert!(
             render(&r).contains(
-                "## 12. Metrics: warm requests with the EMF metrics on and off\n\nNot run"
+                "## 13. Metrics: warm requests with the EMF metrics on and off\n\nNot run"
             )
         );
         r.metrics = Some(crate::emf::MetricsOutcome {
