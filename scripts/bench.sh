@@ -4,7 +4,8 @@
 # BENCHMARKS.md: binary sizes, init time, warm latency against the raw SQL, database round
 # trips, peak memory and a bounded concurrent load, each beside DESIGN's target; then the read
 # endpoints on 1,000,000 rooms beside 1,000 (with EXPLAIN of their SQL) and the ring-out lag of
-# the local main job's sweeper (issue 10).
+# the local main job's sweeper (issue 10); warm requests with the EMF metrics on and off
+# (--only metrics runs just that phase).
 #   scripts/bench.sh            full run: arm64 cross build and native release build of every
 #                               function, then about a minute of measuring
 #   scripts/bench.sh --smoke    every phase with tiny counts on a debug build of the seven

@@ -7,10 +7,12 @@
 //! then the transactions still open on the bench database (0: every refusal rolled back);
 //! the read endpoints on 1,000,000 rooms beside 1,000 with EXPLAIN of their SQL (scale.rs);
 //! the ring-out lag of the local main job's sweeper (ringout.rs); business events (outbox.rs);
-//! what an Idempotency-Key adds to a POST and what a replay costs (keys.rs).
+//! what an Idempotency-Key adds to a POST and what a replay costs (keys.rs); warm requests with
+//! the EMF metrics on and off, and one request's collector work alone (emf.rs).
 //! `--smoke` runs every phase with tiny counts and no thresholds (the test command uses it).
 
 mod counting;
+mod emf;
 mod events;
 mod fleet;
 mod gateway;
@@ -105,7 +107,7 @@ const EVENT_ROUNDS: usize = 300;
 
 pub const PHASES: &[&str] = &[
     "sizes", "init", "warm", "counts", "load", "scale", "year", "ringout", "events", "fleet",
-    "keys",
+    "keys", "metrics",
 ];
 
 impl Options {
@@ -123,7 +125,8 @@ fn usage() -> ! {
          \x20            [--time-limit SECS] [--scale-rooms N] [--small-rooms N]\n\
          \x20            [--scale-rounds N] [--old-runs N] [--scale-reuse] [--scale-pool-mb N|0]\n\
          \x20            [--ringout-calls N]\n\
-         \x20            [--only sizes,init,warm,counts,load,scale,year,ringout,events,fleet,keys]\n\
+         \x20            [--only sizes,init,warm,counts,load,scale,year,ringout,events,fleet,\n\
+         \x20                   keys,metrics]\n\
          env: BENCH_MYSQL_URL (server, no database; default mysql://root@127.0.0.1:3306),\n\
          \x20    BENCH_DATABASE (the measuring database; default call_bench, call_bench_smoke),\n\
          \x20    BENCH_REDIS_URL (default redis://127.0.0.1:6379/0)"
@@ -622,6 +625,13 @@ async fn run(opts: Options) -> Result<PathBuf, String> {
         ));
         let keys_ctx = ctx.with_rounds(ctx.opts.rounds.min(EVENT_ROUNDS));
         results.keys = Some(keys::run(&keys_ctx).await?);
+    }
+    if ctx.opts.runs("metrics") {
+        log(format!(
+            "metrics: {} rounds with the EMF metrics on and off",
+            ctx.opts.rounds
+        ));
+        results.metrics = Some(emf::run(&ctx).await?);
     }
     results.finish();
 

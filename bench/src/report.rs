@@ -308,6 +308,7 @@ pub struct Results {
     pub ringout: Option<RingoutOutcome>,
     pub events: Option<crate::outbox::EventsOutcome>,
     pub keys: Option<crate::keys::KeysOutcome>,
+    pub metrics: Option<crate::emf::MetricsOutcome>,
     pub fleet: Option<Vec<crate::fleet::FleetRun>>,
     /// Business events the load wrote (each change's, in its own transaction).
     pub load_events: Option<i64>,
@@ -384,6 +385,7 @@ impl Results {
             ringout: None,
             events: None,
             keys: None,
+            metrics: None,
             fleet: None,
             load_events: None,
             elapsed_secs: 0.0,
@@ -774,6 +776,7 @@ pub fn render(r: &Results) -> String {
     render_events(w, r);
     render_keys(w, r);
     render_fleet(w, r);
+    render_metrics(w, r);
     render_notes(w, r);
     if let Some(analysis) = &r.analysis {
         let _ = writeln!(w, "\n{}", analysis.trim_end());
@@ -1848,6 +1851,64 @@ fn render_notes(w: &mut String, r: &Results) {
     }
 }
 
+fn render_metrics(w: &mut String, r: &Results) {
+    let _ = writeln!(
+        w,
+        "\n## 14. Metrics: warm requests with the EMF metrics on and off\n"
+    );
+    let Some(m) = &r.metrics else {
+        let _ = writeln!(w, "Not run (`--only`).");
+        return;
+    };
+    let _ = writeln!(
+        w,
+        "Two sets of warm processes of the same build, both with JSON logs \
+         (`AWS_LAMBDA_LOG_FORMAT=JSON`, as the template sets): as deployed, and with \
+         `METRICS_ENABLED=false` (no collector, no document). Each round runs the warm phase's \
+         call on both sets, each on its own room, every step on one set right after the other \
+         (which goes first alternates), {} rounds after {} warm-up rounds. The processes with \
+         metrics printed {} EMF documents for {} invocations (one each, {:.0} bytes on \
+         average); those without printed none (the phase fails otherwise).\n",
+        m.rounds,
+        r.warmup,
+        m.documents,
+        m.invocations_on,
+        m.document_bytes as f64 / m.documents.max(1) as f64
+    );
+    let _ = writeln!(
+        w,
+        "| step | function | metrics off p50 / p99 | metrics on p50 / p99 | added (p50) | on ÷ off (p50) |\n\
+         |---|---|---:|---:|---:|---:|"
+    );
+    for (step, off, on) in &m.steps {
+        let function = crate::STEPS
+            .iter()
+            .find(|(s, _)| s == step)
+            .map_or("", |(_, f)| *f);
+        let added = on.median - off.median;
+        let _ = writeln!(
+            w,
+            "| {step} | {function} | {} / {} | {} / {} | {}{} | {:.3}× |",
+            fmt_us(off.median),
+            fmt_us(off.p99),
+            fmt_us(on.median),
+            fmt_us(on.p99),
+            if added < 0.0 { "−" } else { "" },
+            fmt_us(added.abs()),
+            on.median / off.median
+        );
+    }
+    let c = &m.collector;
+    let _ = writeln!(
+        w,
+        "\nOne request's collector work alone, in the harness's process ({} times): a new \
+         collector, the request's count, latency and the call it created, its document \
+         rendered: **{:.2} µs**; with the line written to a file as well: **{:.2} µs** \
+         ({} bytes a document).",
+        c.iterations, c.render_us, c.render_write_us, c.bytes
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -1909,6 +1970,41 @@ mod tests {
             .iter()
             .find(|v| v.target.starts_with(target))
             .unwrap_or_else(|| panic!("no verdict for {target}"))
+    }
+
+    #[test]
+    fn the_metrics_section_shows_each_step_with_metrics_beside_without() {
+        let mut r = Results::new(&options(), &[]);
+        assert!(
+            render(&r).contains(
+                "## 14. Metrics: warm requests with the EMF metrics on and off\n\nNot run"
+            )
+        );
+        r.metrics = Some(crate::emf::MetricsOutcome {
+            rounds: 1,
+            steps: vec![
+                ("create".into(), fixed(2000.0), fixed(2100.0)),
+                ("gethit".into(), fixed(500.0), fixed(490.0)),
+            ],
+            documents: 2,
+            document_bytes: 1000,
+            invocations_on: 2,
+            collector: crate::emf::CollectorCost {
+                iterations: 10,
+                render_us: 1.5,
+                render_write_us: 3.25,
+                bytes: 480,
+            },
+        });
+        let text = render(&r);
+        for row in [
+            "| create | create-room | 2.00 ms / 2.00 ms | 2.10 ms / 2.10 ms | 100 µs | 1.050× |",
+            "| gethit | get-room | 500 µs / 500 µs | 490 µs / 490 µs | −10 µs | 0.980× |",
+            "2 EMF documents for 2 invocations (one each, 500 bytes on average)",
+            "rendered: **1.50 µs**; with the line written to a file as well: **3.25 µs** (480 bytes",
+        ] {
+            assert!(text.contains(row), "{row} not in:\n{text}");
+        }
     }
 
     #[test]

@@ -426,6 +426,22 @@ impl Config {
     }
 }
 
+/// METRICS_ENABLED: unset, `true` or `1` keep the EMF metrics (printed with JSON logs);
+/// `false` or `0` switch them off, collector and all (a stack that does not want the custom
+/// metrics' cost, or a measurement of what they cost). Read at start-up by `telemetry::init`,
+/// before the rest of the configuration.
+pub fn metrics_enabled(value: Option<&str>) -> Result<bool, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(true),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" => Ok(false),
+        Some(_) => Err(ConfigError::Malformed {
+            name: "METRICS_ENABLED",
+            reason: "expected true or false".to_owned(),
+        }),
+    }
+}
+
 /// The scheme must match the backend this build was compiled for.
 fn check_database_url(url: &str) -> Result<(), ConfigError> {
     let expected = crate::database::URL_SCHEMES;
@@ -497,6 +513,24 @@ mod tests {
         assert_eq!(cfg.livekit_client_url, "https://lk.internal:7880");
         assert_eq!(cfg.rate_limits.join_per_min, 120);
         assert_eq!(cfg.max_call, None);
+    }
+
+    #[test]
+    fn metrics_are_on_unless_switched_off_and_a_typo_names_the_variable() {
+        for (value, expected) in [
+            (None, true),
+            (Some(""), true),
+            (Some("true"), true),
+            (Some("TRUE"), true),
+            (Some("1"), true),
+            (Some("false"), false),
+            (Some(" False "), false),
+            (Some("0"), false),
+        ] {
+            assert_eq!(metrics_enabled(value), Ok(expected), "{value:?}");
+        }
+        let err = metrics_enabled(Some("off")).expect_err("off is not a boolean here");
+        assert!(err.to_string().contains("METRICS_ENABLED"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! combination is one custom metric (the README prices them).
 //!
 //! Lines are printed only when logs are JSON (`AWS_LAMBDA_LOG_FORMAT=JSON`, as the template
-//! sets it, see [`crate::telemetry`]); tests and the plain-text local job print none.
+//! sets it, see [`crate::telemetry`]) and `METRICS_ENABLED` is not `false`; tests and the
+//! plain-text local job print none. Switched off, an invocation has no collector at all, so
+//! `record` and `count` find none and return: the switch removes the cost, not just the lines.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -322,21 +324,27 @@ impl Doc {
     }
 }
 
-/// Whether documents are printed (logs are JSON); set once at start-up.
+/// Whether invocations collect and print documents (logs are JSON and `METRICS_ENABLED` is
+/// not `false`); set once at start-up.
 static EMIT: AtomicBool = AtomicBool::new(false);
 
 pub fn set_enabled(enabled: bool) {
     EMIT.store(enabled, Ordering::Relaxed);
 }
 
+pub fn enabled() -> bool {
+    EMIT.load(Ordering::Relaxed)
+}
+
 tokio::task_local! {
     static CURRENT: RefCell<Invocation>;
 }
 
-/// Runs one invocation of `function` with a collector, then prints what it measured (when
-/// enabled). A nested scope (a handler run inside another's) adds to the outer one.
+/// Runs one invocation of `function` with a collector, then prints what it measured; when
+/// metrics are off, runs it without one. A nested scope (a handler run inside another's) adds
+/// to the outer one.
 pub async fn scope<F: Future>(function: &'static str, work: F) -> F::Output {
-    if CURRENT.try_with(|_| ()).is_ok() {
+    if !enabled() || CURRENT.try_with(|_| ()).is_ok() {
         return work.await;
     }
     let (output, invocation) = CURRENT
@@ -346,27 +354,39 @@ pub async fn scope<F: Future>(function: &'static str, work: F) -> F::Output {
             (output, invocation)
         })
         .await;
-    if EMIT.load(Ordering::Relaxed) {
-        flush(&invocation);
-    }
+    flush(&invocation);
     output
 }
 
 fn flush(invocation: &Invocation) {
-    if invocation.is_empty() {
-        return;
-    }
     let namespace = std::env::var("METRICS_NAMESPACE")
         .ok()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut out = std::io::stdout().lock();
-    for doc in invocation.documents(&namespace, now_ms) {
-        // Metrics are best effort: a closed stdout loses them, never the request.
-        let _ = writeln!(out, "{doc}");
+    // Metrics are best effort: a closed stdout loses them, never the request.
+    let _ = write_documents(
+        invocation,
+        &namespace,
+        now_ms,
+        &mut std::io::stdout().lock(),
+    );
+}
+
+/// Writes the invocation's documents, one a line (nothing when it measured nothing).
+pub fn write_documents(
+    invocation: &Invocation,
+    namespace: &str,
+    timestamp_ms: i64,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    if invocation.is_empty() {
+        return Ok(());
     }
-    let _ = out.flush();
+    for doc in invocation.documents(namespace, timestamp_ms) {
+        writeln!(out, "{doc}")?;
+    }
+    out.flush()
 }
 
 /// Adds a value to the current invocation's metrics (nothing outside a [`scope`]).
@@ -422,13 +442,14 @@ pub fn request(status: u16, error_key: Option<&'static str>, elapsed_ms: f64) {
 
 /// A static page's request (the docs, the console): its own invocation, printed at once.
 pub fn static_request(function: &'static str, status: u16, started: Instant) {
+    if !enabled() {
+        return;
+    }
     let mut invocation = Invocation::new(function);
     let s = |v: &'static str| Cow::Borrowed(v);
     invocation.add(&REQUESTS, &[s(status_class(status)), s("none")], 1.0);
     invocation.add(&LATENCY, &[], started.elapsed().as_secs_f64() * 1000.0);
-    if EMIT.load(Ordering::Relaxed) {
-        flush(&invocation);
-    }
+    flush(&invocation);
 }
 
 /// What one sweep pass records: its duration, or its failure (and a failure for lack of a

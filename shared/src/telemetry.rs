@@ -5,6 +5,8 @@
 //! enclosing spans: that would repeat lambda_runtime's own span on every line and was the
 //! largest part of the per-request logging cost.
 //!
+//! Metrics: `METRICS_ENABLED` (see [`crate::config::metrics_enabled`]).
+//!
 //! Level: `AWS_LAMBDA_LOG_LEVEL`, else `RUST_LOG`, else INFO, as lambda_runtime's default
 //! subscriber reads them.
 
@@ -24,8 +26,12 @@ pub fn init() {
         .from_env_lossy();
     let json = std::env::var("AWS_LAMBDA_LOG_FORMAT")
         .is_ok_and(|format| format.eq_ignore_ascii_case("json"));
-    // Metrics (EMF) are JSON log lines: printed with JSON logs only (the template's setting).
-    crate::metrics::set_enabled(json);
+    // Metrics (EMF) are JSON log lines: printed with JSON logs only (the template's setting),
+    // unless METRICS_ENABLED switches them off. A typo stops the function here, as any
+    // malformed setting does, rather than silently keeping or dropping the metrics.
+    let metrics = crate::config::metrics_enabled(std::env::var("METRICS_ENABLED").ok().as_deref())
+        .unwrap_or_else(|err| panic!("{err}"));
+    crate::metrics::set_enabled(json && metrics);
     // A second call (several functions in one test process) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber(json, filter, std::io::stdout));
 }
