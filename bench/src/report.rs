@@ -1299,7 +1299,7 @@ fn table_name(alias: &str) -> String {
     }
 }
 
-fn plan(accesses: &[Access]) -> String {
+pub fn plan(accesses: &[Access]) -> String {
     if accesses.is_empty() {
         return "no table read (the optimizer answered from the index lookups)".to_owned();
     }

@@ -483,7 +483,7 @@ struct Readers {
 }
 
 /// One request through the Runtime API; 200 with code 0 required; the envelope's data back.
-async fn request(
+pub async fn request(
     p: &FunctionProcess,
     label: &str,
     call: &HttpCall,
@@ -789,6 +789,33 @@ pub async fn restore_pool(ctx: &Ctx, mb: u64) {
     }
 }
 
+/// Each item's samples (µs) at both sizes, `[large, small]`: `warmup` rounds unrecorded (their
+/// label is "warm"), then `rounds`; within a round every item at both sizes, the size that
+/// goes first alternating so neither always follows the other's I/O.
+pub async fn interleaved<S>(
+    items: &[&str],
+    warmup: usize,
+    rounds: usize,
+    sides: &mut [S; 2],
+    mut measure: impl AsyncFnMut(&mut S, &str, u64, &str) -> Result<Duration, String>,
+) -> Result<Vec<[Vec<f64>; 2]>, String> {
+    let mut samples: Vec<[Vec<f64>; 2]> = items.iter().map(|_| [vec![], vec![]]).collect();
+    for round in 0..warmup + rounds {
+        let measured = round >= warmup;
+        for (i, item) in items.iter().enumerate() {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let label = if measured { item } else { "warm" };
+                let t = measure(&mut sides[side], item, round as u64, label).await?;
+                if measured {
+                    samples[i][side].push(micros(t));
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
 /// The interleaved rounds: p50/p99 of each read at both sizes.
 pub async fn measure_rounds(
     ctx: &Ctx,
@@ -803,21 +830,15 @@ pub async fn measure_rounds(
     log(format!(
         "scale: {rounds} rounds after {warmup} warm-up rounds, both sizes interleaved"
     ));
-    let mut samples: Vec<[Vec<f64>; 2]> = QUERIES.iter().map(|_| [vec![], vec![]]).collect();
-    for round in 0..warmup + rounds {
-        let measured = round >= warmup;
-        for (qi, (query, _)) in QUERIES.iter().enumerate() {
-            // Alternate which size goes first, so neither always follows the other's I/O.
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for side in order {
-                let label = if measured { query } else { "warm" };
-                let t = measure(ctx, &mut sets[side], query, round as u64, label).await?;
-                if measured {
-                    samples[qi][side].push(micros(t));
-                }
-            }
-        }
-    }
+    let names: Vec<&str> = QUERIES.iter().map(|(query, _)| *query).collect();
+    let samples = interleaved(
+        &names,
+        warmup,
+        rounds,
+        &mut sets,
+        async |set, query, round, label| measure(ctx, set, query, round, label).await,
+    )
+    .await?;
     let rows = QUERIES
         .iter()
         .zip(samples)

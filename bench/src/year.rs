@@ -23,7 +23,7 @@ use sqlx::{AssertSqlSafe, Connection};
 use tokio::io::BufReader;
 use tokio::net::TcpListener;
 
-use crate::events::{self, HttpCall};
+use crate::events::HttpCall;
 use crate::report::{ExplainRow, ScaleRow, thousands};
 use crate::runtime_api::{FunctionEnv, FunctionProcess};
 use crate::scale::{self, Bind, Spec};
@@ -358,28 +358,6 @@ async fn side(
     })
 }
 
-async fn request(
-    p: &FunctionProcess,
-    label: &str,
-    call: &HttpCall,
-) -> Result<(Duration, Value), String> {
-    let payload = events::api_gateway_v2(call, label, chrono::Utc::now().timestamp_millis())
-        .to_string()
-        .into_bytes();
-    let started = Instant::now();
-    let (_, body) = p.invoke(label, payload).await?;
-    let elapsed = started.elapsed();
-    let reply = events::parse_reply(&body)?;
-    let value: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
-    if reply.status != 200 || value["code"].as_i64() != Some(0) {
-        return Err(format!(
-            "{} {label}: {} {}",
-            p.name, reply.status, reply.body
-        ));
-    }
-    Ok((elapsed, value["data"].clone()))
-}
-
 fn feed_call(token: &str, after: Option<&str>) -> HttpCall {
     let query = match after {
         Some(c) => format!("limit={FEED_PAGE}&after={c}"),
@@ -427,7 +405,7 @@ async fn measure(
     match item {
         "feed_first" | "feed_after" => {
             let after = (item == "feed_after").then_some(s.middle.as_str());
-            let (t, data) = request(&s.list, label, &feed_call(token, after)).await?;
+            let (t, data) = scale::request(&s.list, label, &feed_call(token, after)).await?;
             let n = data["events"].as_array().map_or(0, Vec::len);
             if n != FEED_PAGE as usize {
                 return fail(format!("{n} events in a page"));
@@ -445,7 +423,7 @@ async fn measure(
                 (id, &s.redeliver, "POST", "/api/events/{id}/redeliver", path)
             };
             let call = HttpCall::new(method, route, &path).bearer(token);
-            let (t, data) = request(p, label, &call).await?;
+            let (t, data) = scale::request(p, label, &call).await?;
             if data["event"]["id"].as_str() != Some(id.as_str()) {
                 return fail(format!("{id}: {data}"));
             }
@@ -513,7 +491,7 @@ async fn readers(
             FunctionProcess::spawn(&ctx.opts.bin_dir, "list-events", &env, &ctx.log_dir, 60 + i)
                 .await?;
         // Warm: connection open, statement prepared.
-        request(&p, "warm", &feed_call(&ctx.service_token, None)).await?;
+        scale::request(&p, "warm", &feed_call(&ctx.service_token, None)).await?;
         procs.push(Arc::new(p));
     }
     let mut server = MySqlConnection::connect(&ctx.server_url(database))
@@ -528,7 +506,7 @@ async fn readers(
             tasks.spawn(async move {
                 let mut times = Vec::with_capacity(per);
                 for _ in 0..per {
-                    let (t, _) = request(&p, "reader", &feed_call(&token, None)).await?;
+                    let (t, _) = scale::request(&p, "reader", &feed_call(&token, None)).await?;
                     times.push(micros(t));
                 }
                 Ok::<_, String>(times)
@@ -896,20 +874,15 @@ async fn rounds(
     log(format!(
         "year: {rounds} rounds after {warmup} warm-up round, both sizes interleaved"
     ));
-    let mut samples: Vec<[Vec<f64>; 2]> = ITEMS.iter().map(|_| [vec![], vec![]]).collect();
-    for round in 0..warmup + rounds {
-        let measured = round >= warmup;
-        for (i, (item, _)) in ITEMS.iter().enumerate() {
-            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-            for side in order {
-                let label = if measured { item } else { "warm" };
-                let t = measure(ctx, &mut sides[side], item, round as u64, label).await?;
-                if measured {
-                    samples[i][side].push(micros(t));
-                }
-            }
-        }
-    }
+    let names: Vec<&str> = ITEMS.iter().map(|(item, _)| *item).collect();
+    let samples = scale::interleaved(
+        &names,
+        warmup,
+        rounds,
+        &mut sides,
+        async |side, item, round, label| measure(ctx, side, item, round, label).await,
+    )
+    .await?;
     Ok(ITEMS
         .iter()
         .zip(samples)
@@ -1042,24 +1015,7 @@ pub fn render(w: &mut String, y: &YearOutcome) {
         "| request | statement | plan | full scan |\n|---|---|---|---|"
     );
     for e in &y.explains {
-        let plan = e
-            .accesses
-            .iter()
-            .map(|a| {
-                format!(
-                    "{}: **{}** {}{}",
-                    a.table,
-                    a.access_type,
-                    a.key
-                        .as_deref()
-                        .map_or("no index".to_owned(), |k| format!("`{k}`")),
-                    a.rows
-                        .map(|r| format!(", ~{r:.0} rows"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
+        let plan = crate::report::plan(&e.accesses);
         let _ = writeln!(
             w,
             "| {} | {} | {} | {} |",
