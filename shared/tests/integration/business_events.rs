@@ -520,9 +520,58 @@ async fn the_feed_pages_every_event_exactly_once_with_events_written_between_pag
 /// Transactions commit out of id order: the feed never hands out an event past one that is
 /// still to commit, so a reader paging by cursor cannot skip the late one.
 #[cfg(not(feature = "embedded"))]
-#[allow(clippy::disallowed_methods)] // the test holds an uncommitted event of its own
 #[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
 async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbPool) {
+    late_commit_follows_the_cursor(pool, None).await;
+}
+
+/// The same behind a year of published events (1,000,000): the publisher finds unpublished
+/// rows by a plain read and updates them by primary key, so on a large table as on a small
+/// one it neither waits for the uncommitted insert nor lets a reader skip it.
+#[cfg(not(feature = "embedded"))]
+#[sqlx::test(migrator = "call_shared::store::MIGRATOR")]
+async fn the_feed_publishes_a_late_commit_behind_a_million_published_events(pool: DbPool) {
+    const EVENTS: i64 = 1_000_000;
+    let digits = "(SELECT 0 d UNION ALL SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 \
+                  UNION ALL SELECT 4 UNION ALL SELECT 5 UNION ALL SELECT 6 UNION ALL SELECT 7 \
+                  UNION ALL SELECT 8 UNION ALL SELECT 9)";
+    // Set-based, 100,000 rows a statement: ten rooms' events per thousand, all in batch 1.
+    for block in 0..EVENTS / 100_000 {
+        let sql = format!(
+            "INSERT INTO call_event (event_id, room_name, seq, type, occurred_at, payload, \
+             feed_batch, created_at) \
+             SELECT CONCAT('evt_year_', n), CONCAT('year_', n DIV 10), n MOD 10 + 1, \
+             'room.created', NOW(3), '{{}}', 1, NOW(3) FROM \
+             (SELECT {block} * 100000 + a.d + 10 * b.d + 100 * c.d + 1000 * e.d + 10000 * f.d AS n \
+              FROM {digits} a, {digits} b, {digits} c, {digits} e, {digits} f) seq"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .expect("a year of events");
+    }
+    sqlx::query("UPDATE event_feed_head SET batch = 1 WHERE id = 1")
+        .execute(&pool)
+        .await
+        .expect("head");
+    let last: i64 = sqlx::query_scalar("SELECT MAX(id) FROM call_event")
+        .fetch_one(&pool)
+        .await
+        .expect("last id");
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM call_event WHERE feed_batch = 1")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(count, EVENTS);
+    late_commit_follows_the_cursor(pool, Some(format!("1.{last}"))).await;
+}
+
+/// An event inserted and held uncommitted, a call committed after it (its events published by
+/// its writer), a reader's page after `after`, then the late commit and its publication: the
+/// reader's next page holds exactly the late event.
+#[cfg(not(feature = "embedded"))]
+#[allow(clippy::disallowed_methods)] // the test holds an uncommitted event of its own
+async fn late_commit_follows_the_cursor(pool: DbPool, after: Option<String>) {
     use sqlx::Connection;
     let app = common::app(pool.clone());
     // The late transaction below is held open on purpose across these requests.
@@ -538,7 +587,8 @@ async fn the_feed_publishes_a_late_commit_after_what_a_reader_has_seen(pool: DbP
     .expect("uncommitted event");
     // A later transaction gets a higher id and commits first.
     api.open("r1", "a", &[]).await;
-    let first = api.list_events(&api.service(), "").await;
+    let query = after.map(|c| format!("after={c}")).unwrap_or_default();
+    let first = api.list_events(&api.service(), &query).await;
     let first = first.ok("获取事件列表成功").clone();
     let ids: Vec<&str> = first["events"]
         .as_array()
