@@ -259,7 +259,8 @@ fn db(e: sqlx::Error) -> String {
     format!("scale: {e}")
 }
 
-async fn exec(conn: &mut MySqlConnection, sql: String) -> Result<u64, String> {
+/// One set-based statement (the year phase's loads too); the rows it changed.
+pub async fn exec(conn: &mut MySqlConnection, sql: String) -> Result<u64, String> {
     sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(&mut *conn)
         .await

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use crate::events::HttpCall;
 use crate::report::{ExplainRow, ScaleRow, thousands};
 use crate::runtime_api::{FunctionEnv, FunctionProcess};
+use crate::scale::exec;
 use crate::scale::{self, Bind, Spec};
 use crate::stats::{Summary, micros, summarize};
 use crate::{Ctx, http, log};
@@ -94,14 +95,6 @@ pub struct YearOutcome {
 
 fn db(e: sqlx::Error) -> String {
     format!("year: {e}")
-}
-
-async fn exec(conn: &mut MySqlConnection, sql: String) -> Result<u64, String> {
-    sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute(&mut *conn)
-        .await
-        .map(|r| r.rows_affected())
-        .map_err(db)
 }
 
 async fn count(conn: &mut MySqlConnection, sql: String) -> Result<i64, String> {

@@ -358,19 +358,22 @@ pub async fn scope<F: Future>(function: &'static str, work: F) -> F::Output {
     output
 }
 
+/// The namespace, read from the environment once per process rather than per invocation.
+fn namespace() -> &'static str {
+    static NAMESPACE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAMESPACE.get_or_init(|| {
+        std::env::var("METRICS_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned())
+    })
+}
+
 fn flush(invocation: &Invocation) {
-    let namespace = std::env::var("METRICS_NAMESPACE")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    let namespace = namespace();
     let now_ms = chrono::Utc::now().timestamp_millis();
     // Metrics are best effort: a closed stdout loses them, never the request.
-    let _ = write_documents(
-        invocation,
-        &namespace,
-        now_ms,
-        &mut std::io::stdout().lock(),
-    );
+    let _ = write_documents(invocation, namespace, now_ms, &mut std::io::stdout().lock());
 }
 
 /// Writes the invocation's documents, one a line (nothing when it measured nothing).
